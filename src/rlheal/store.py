@@ -1,0 +1,150 @@
+"""The results store: one SQLite file in a run folder, the single source of truth of a study.
+
+Each room declares its own table as a `Table` (name, columns, key columns) next to the code that fills it;
+the store creates tables on first use and writes rows transactionally, so a killed process loses at most
+the rows of the transaction in flight. A row whose key is already stored is replaced (`put`) or left
+alone (`has` lets a stage skip work it has already done).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STORE_FILENAME = "results.sqlite"
+
+_SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "json": "TEXT", "bool": "INTEGER"}
+
+
+class StoreError(RuntimeError):
+    """A results store that cannot be opened or does not hold what the caller expects."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table schema: `columns` maps name -> one of int, float, str, json, bool; `key` names the unique key."""
+
+    name: str
+    columns: Mapping[str, str]
+    key: Sequence[str]
+
+    def __post_init__(self) -> None:
+        unknown = {c: t for c, t in self.columns.items() if t not in _SQL_TYPES}
+        if unknown:
+            raise ValueError(f"table {self.name}: unknown column types {unknown}; valid: {sorted(_SQL_TYPES)}")
+        missing = [k for k in self.key if k not in self.columns]
+        if missing:
+            raise ValueError(f"table {self.name}: key columns {missing} are not columns")
+
+    def ddl(self) -> str:
+        cols = ", ".join(f'"{c}" {_SQL_TYPES[t]}' for c, t in self.columns.items())
+        key = ", ".join(f'"{k}"' for k in self.key)
+        return f'CREATE TABLE IF NOT EXISTS "{self.name}" ({cols}, PRIMARY KEY ({key}))'
+
+    def encode(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        extra = set(row) - set(self.columns)
+        if extra:
+            raise ValueError(f"table {self.name}: unknown columns {sorted(extra)}")
+        missing = [k for k in self.key if row.get(k) is None]
+        if missing:
+            raise ValueError(f"table {self.name}: row lacks key columns {missing}")
+        out = []
+        for col, typ in self.columns.items():
+            value = row.get(col)
+            if value is not None and typ == "json":
+                value = json.dumps(value, sort_keys=True)
+            elif value is not None and typ == "bool":
+                value = int(bool(value))
+            out.append(value)
+        return tuple(out)
+
+    def decode(self, values: Sequence[Any]) -> dict[str, Any]:
+        row = {}
+        for (col, typ), value in zip(self.columns.items(), values, strict=True):
+            if value is not None and typ == "json":
+                value = json.loads(value)
+            elif value is not None and typ == "bool":
+                value = bool(value)
+            row[col] = value
+        return row
+
+
+class Store:
+    """A results store at `path` (a run folder, or the .sqlite file itself)."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.path = path / STORE_FILENAME if path.suffix != ".sqlite" else path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=60.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open the results store {self.path}: {exc}. If the file is corrupt, move it aside "
+                "and rerun: every stage recomputes what the store does not hold."
+            ) from exc
+        self._known: set[str] = set()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure(self, table: Table) -> None:
+        if table.name not in self._known:
+            with self._conn:
+                self._conn.execute(table.ddl())
+                present = {r[1] for r in self._conn.execute(f'PRAGMA table_info("{table.name}")')}
+                for col, typ in table.columns.items():
+                    if col not in present:  # a newer rlheal added a column: older rows read it as NULL
+                        self._conn.execute(f'ALTER TABLE "{table.name}" ADD COLUMN "{col}" {_SQL_TYPES[typ]}')
+            self._known.add(table.name)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Group several `put` calls: all of them land, or none."""
+        with self._conn:
+            yield self._conn
+
+    def put(self, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert or replace `rows` in one transaction; returns how many were written."""
+        self._ensure(table)
+        encoded = [table.encode(r) for r in rows]
+        cols = ", ".join(f'"{c}"' for c in table.columns)
+        marks = ", ".join("?" for _ in table.columns)
+        with self._conn:
+            self._conn.executemany(f'INSERT OR REPLACE INTO "{table.name}" ({cols}) VALUES ({marks})', encoded)
+        return len(encoded)
+
+    def rows(self, table: Table, **where: Any) -> list[dict[str, Any]]:
+        """Rows of `table` whose columns equal the given values, in insertion order."""
+        self._ensure(table)
+        bad = set(where) - set(table.columns)
+        if bad:
+            raise ValueError(f"table {table.name}: unknown columns {sorted(bad)}")
+        clause = " AND ".join(f'"{c}" = ?' for c in where)
+        sql = f'SELECT * FROM "{table.name}"' + (f" WHERE {clause}" if clause else "") + " ORDER BY rowid"
+        names = [r[1] for r in self._conn.execute(f'PRAGMA table_info("{table.name}")')]
+        order = [names.index(c) for c in table.columns]
+        return [table.decode([raw[i] for i in order]) for raw in self._conn.execute(sql, tuple(where.values()))]
+
+    def has(self, table: Table, **key: Any) -> bool:
+        """Whether a row with these column values exists (a stage's "already done?" question)."""
+        self._ensure(table)
+        clause = " AND ".join(f'"{c}" = ?' for c in key)
+        sql = f'SELECT 1 FROM "{table.name}"' + (f" WHERE {clause}" if clause else "") + " LIMIT 1"
+        return self._conn.execute(sql, tuple(key.values())).fetchone() is not None
+
+    def tables(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]

@@ -1,0 +1,1 @@
+"""Verifiable task worlds (filled by the tasks room)."""
