@@ -1,0 +1,66 @@
+"""The results store: typed round trips, replace-on-key, transactions, schema growth, corrupt files."""
+
+import sqlite3
+
+import pytest
+
+from rlheal.store import Store, StoreError, Table
+
+T = Table("demo", {"name": "str", "step": "int", "score": "float", "meta": "json", "ok": "bool"}, key=("name", "step"))
+
+
+def test_round_trip_keeps_types(tmp_path):
+    with Store(tmp_path) as store:
+        store.put(T, [{"name": "a", "step": 1, "score": 0.5, "meta": {"x": [1, 2]}, "ok": True}])
+        assert store.rows(T) == [{"name": "a", "step": 1, "score": 0.5, "meta": {"x": [1, 2]}, "ok": True}]
+    assert (tmp_path / "results.sqlite").exists()
+
+
+def test_same_key_replaces_and_has_answers(tmp_path):
+    store = Store(tmp_path)
+    store.put(T, [{"name": "a", "step": 1, "score": 0.1}])
+    store.put(T, [{"name": "a", "step": 1, "score": 0.9}, {"name": "b", "step": 2}])
+    assert [r["score"] for r in store.rows(T, name="a")] == [0.9]
+    assert store.has(T, name="b", step=2)
+    assert not store.has(T, name="b", step=3)
+    assert len(store.rows(T)) == 2
+
+
+def test_failed_transaction_writes_nothing(tmp_path):
+    store = Store(tmp_path)
+    with pytest.raises(ValueError):
+        store.put(T, [{"name": "a", "step": 1}, {"name": None, "step": 2}])  # second row lacks its key
+    assert store.rows(T) == []
+    with pytest.raises(RuntimeError), store.transaction():
+        store._conn.execute('INSERT INTO "demo" ("name", "step") VALUES (?, ?)', ("c", 3))
+        raise RuntimeError("killed mid-way")
+    assert store.rows(T) == []
+
+
+def test_unknown_columns_are_refused(tmp_path):
+    store = Store(tmp_path)
+    with pytest.raises(ValueError, match="unknown columns"):
+        store.put(T, [{"name": "a", "step": 1, "typo": 3}])
+    with pytest.raises(ValueError, match="unknown columns"):
+        store.rows(T, typo=3)
+
+
+def test_new_columns_are_added_to_old_tables(tmp_path):
+    Store(tmp_path).put(Table("grow", {"k": "str"}, key=("k",)), [{"k": "old"}])
+    grown = Table("grow", {"k": "str", "v": "int"}, key=("k",))
+    store = Store(tmp_path)
+    store.put(grown, [{"k": "new", "v": 2}])
+    assert store.rows(grown) == [{"k": "old", "v": None}, {"k": "new", "v": 2}]
+
+
+def test_corrupt_file_gives_a_clear_error(tmp_path):
+    (tmp_path / "results.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises((StoreError, sqlite3.DatabaseError)):
+        Store(tmp_path).rows(T)
+
+
+def test_bad_schema_is_refused():
+    with pytest.raises(ValueError, match="unknown column types"):
+        Table("x", {"a": "decimal"}, key=("a",))
+    with pytest.raises(ValueError, match="key columns"):
+        Table("x", {"a": "int"}, key=("b",))
