@@ -7,6 +7,8 @@ shared by the rollout engine, evaluation and RL.
 
 from __future__ import annotations
 
+import hashlib
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,6 +23,22 @@ WRONG_NUMBERS = "wrong_numbers"  # gp24: the formula does not use exactly the ha
 ILLEGAL = "illegal"  # parsed the answer container but the content is not a legal formula / integer
 UNPARSEABLE = "unparseable"  # no answer in the profile's format was found
 VERDICT_KINDS: tuple[str, ...] = (CORRECT, WRONG_VALUE, WRONG_NUMBERS, ILLEGAL, UNPARSEABLE)
+
+
+def check_split(split: str) -> str:
+    """Return `split` if it is a known split, else raise ValueError listing the valid ones."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    return split
+
+
+def problem_rng(task: str, split: str, seed: int, index: int) -> random.Random:
+    """The random stream of one problem, derived from (task, split, seed, index) by SHA-256.
+
+    Stable across processes and Python versions (never the salted built-in `hash`).
+    """
+    digest = hashlib.sha256(f"{task}/{split}/{seed}/{index}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:16], "big"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""GeneralPoints (`gp24`): four playing cards, a formula with + - * / ( ) using each card's number once.
+
+ID: each card uniform over A..K with a random suit, J/Q/K count 10. OOD: three cards uniform, one drawn from
+J/Q/K, shuffled; J/Q/K count 11/12/13. Hands with no solution are redrawn. The rule is stated in the prompt.
+Rewards per attempt (PAPER.md §2): +5 correct, -1 right numbers but wrong value, -2 numbers not exactly the
+hand's, -3 illegal formula or no answer found.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import ClassVar
+
+from rlheal.tasks.arith import FormulaError, parse_formula, show_value
+from rlheal.tasks.base import (
+    CORRECT,
+    ILLEGAL,
+    UNPARSEABLE,
+    WRONG_NUMBERS,
+    WRONG_VALUE,
+    Problem,
+    Task,
+    Verdict,
+    check_split,
+    problem_rng,
+)
+from rlheal.tasks.reading import Miss, read_field
+from rlheal.tasks.solver24 import solvable, solve
+
+RANKS: tuple[str, ...] = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
+SUITS: tuple[str, ...] = ("h", "d", "c", "s")
+REWARDS: dict[str, float] = {CORRECT: 5.0, WRONG_VALUE: -1.0, WRONG_NUMBERS: -2.0, ILLEGAL: -3.0, UNPARSEABLE: -3.0}
+MAX_DRAWS = 10_000
+
+_COMPACT_RULE = {"id": "J,Q,K=10", "ood": "J,Q,K=11,12,13"}
+_PAPER_RULE = {
+    "id": "Note that 'J', 'Q' and 'K' all count as '10'.",
+    "ood": "Note that 'J', 'Q' and 'K' count as '11', '12' and '13' respectively.",
+}
+
+
+def card_value(rank: int, split: str) -> int:
+    """The number a card of rank 1..13 (A..K) counts as under the split's face-card rule."""
+    return min(rank, 10) if split == "id" else rank
+
+
+def draw_ranks(rng, split: str) -> list[int]:
+    """Four ranks 1..13: uniform for ID; for OOD three uniform and one face card, shuffled."""
+    if split == "id":
+        return [rng.randint(1, 13) for _ in range(4)]
+    ranks = [rng.randint(1, 13) for _ in range(3)] + [rng.randint(11, 13)]
+    rng.shuffle(ranks)
+    return ranks
+
+
+def judge_formula(formula: str, values: list[int], target: int) -> Verdict:
+    """The verdict on one formula for a hand with these card values (independent of the prompt profile)."""
+
+    def verdict(kind: str, feedback: str) -> Verdict:
+        return Verdict(kind == CORRECT, REWARDS[kind], kind, feedback, format_ok=True)
+
+    try:
+        parsed = parse_formula(formula)
+    except FormulaError as error:
+        return verdict(ILLEGAL, f"the formula is illegal: {error}")
+    if Counter(parsed.numbers) != Counter(values):
+        used = ", ".join(map(str, parsed.numbers[:12])) + (", ..." if len(parsed.numbers) > 12 else "")
+        return verdict(WRONG_NUMBERS, f"the formula uses {used} but the cards are {', '.join(map(str, values))}")
+    claim = "" if parsed.claim is None or parsed.claim == parsed.value else f" (it claims {parsed.claim})"
+    if parsed.value != target:
+        return verdict(WRONG_VALUE, f"the formula equals {show_value(parsed.value)}, not {target}{claim}")
+    return verdict(CORRECT, f"the formula equals {target}{claim}")
+
+
+class GeneralPoints(Task):
+    """The 24 game with an ID and an OOD face-card rule; option `target` (default 24)."""
+
+    name: ClassVar[str] = "gp24"
+    default_max_attempts: ClassVar[int] = 5
+    options: ClassVar[tuple[str, ...]] = ("target",)
+
+    def __init__(self, profile: str = "compact", target: int = 24) -> None:
+        super().__init__(profile)
+        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+            raise ValueError(f"target must be a whole number >= 0, got {target!r}")
+        self.target = target
+
+    def problem(self, split: str, seed: int, index: int) -> Problem:
+        rng = problem_rng(self.name, check_split(split), seed, index)
+        for _ in range(MAX_DRAWS):
+            ranks = draw_ranks(rng, split)
+            values = [card_value(r, split) for r in ranks]
+            if solvable(values, self.target):
+                cards = [RANKS[r - 1] + rng.choice(SUITS) for r in ranks]
+                return Problem(self.name, split, seed, index, {"cards": cards, "values": values, "target": self.target})
+        raise ValueError(f"no solvable {split} hand for target {self.target} in {MAX_DRAWS} draws; use a target like 24")
+
+    def prompt(self, problem: Problem) -> str:
+        cards, target, split = problem.data["cards"], problem.data["target"], problem.split
+        if self.profile == "compact":
+            return f"cards: {' '.join(cards)} | {_COMPACT_RULE[split]} | make {target}"
+        ranks = [card[:-1] for card in cards]
+        return (
+            "You are an expert player of the 24 points card game. You are given four playing cards. "
+            "Write a formula that uses the number of each card exactly once, with the operators "
+            f"'+', '-', '*', '/' and parentheses, and evaluates to {target}.\n"
+            f"{_PAPER_RULE[split]}\n"
+            f"Cards: {ranks}\n"
+            "Answer with a JSON object of this form and nothing else:\n"
+            '{"cards": [the four cards as listed], "number": [the four numbers the cards count as], '
+            f'"formula": "a formula that equals {target}"}}'
+        )
+
+    def solve(self, problem: Problem) -> list[str]:
+        """Every distinct formula for the problem's hand (see solver24 for what "distinct" means)."""
+        return solve(problem.data["values"], problem.data["target"])
+
+    def answer(self, problem: Problem) -> str:
+        formula = self.solve(problem)[0]
+        if self.profile == "compact":
+            return f"formula: {formula}"
+        ranks = [card[:-1] for card in problem.data["cards"]]
+        return json.dumps({"cards": ranks, "number": problem.data["values"], "formula": formula})
+
+    def verify(self, problem: Problem, text: str) -> Verdict:
+        field = read_field(text, self.profile, "formula")
+        if isinstance(field, Miss):
+            return Verdict(False, REWARDS[UNPARSEABLE], UNPARSEABLE, field.reason, format_ok=False)
+        if not isinstance(field, str):
+            return Verdict(False, REWARDS[ILLEGAL], ILLEGAL, 'the "formula" field is not a string', format_ok=True)
+        return judge_formula(field, problem.data["values"], problem.data["target"])

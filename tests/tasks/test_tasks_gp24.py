@@ -1,0 +1,150 @@
+"""GeneralPoints: hands per split, determinism, verdicts and rewards, both profiles, hostile answers."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from rlheal.tasks import get_task
+from rlheal.tasks.base import CORRECT, ILLEGAL, UNPARSEABLE, WRONG_NUMBERS, WRONG_VALUE, Problem
+from rlheal.tasks.solver24 import solvable
+
+RANK_VALUE = {"A": 1, "J": 11, "Q": 12, "K": 13} | {str(n): n for n in range(2, 11)}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return get_task("gp24")
+
+
+@pytest.mark.parametrize("split", ["id", "ood"])
+def test_hands_follow_the_split_rule_and_are_solvable(task, split):
+    problems = task.problems(split, seed=1, n=400)
+    for p in problems:
+        ranks = [card[:-1] for card in p.data["cards"]]
+        assert all(card[-1] in "hdcs" for card in p.data["cards"])
+        expected = [min(RANK_VALUE[r], 10) if split == "id" else RANK_VALUE[r] for r in ranks]
+        assert p.data["values"] == expected
+        assert solvable(p.data["values"]) and p.data["target"] == 24
+        if split == "ood":
+            assert any(r in "JQK" for r in ranks)
+        else:
+            assert max(p.data["values"]) <= 10
+    ranks = Counter(card[:-1] for p in problems for card in p.data["cards"])
+    assert set(ranks) == set(RANK_VALUE)  # every rank shows up
+    if split == "ood":
+        assert sum(ranks[r] for r in "JQK") > 400 + 3 * 400 * 3 / 13 * 0.8  # one forced face card + uniform ones
+
+
+def test_problems_are_pure_functions_of_their_arguments(task):
+    assert task.problem("ood", 0, 3) == get_task("gp24").problem("ood", 0, 3)
+    assert task.problems("id", 5, 3, start=7) == [task.problem("id", 5, i) for i in (7, 8, 9)]
+    hands = [tuple(p.data["cards"]) for p in task.problems("id", 0, 50)]
+    assert len(set(hands)) >= 48
+    assert task.problem("id", 0, 0) != task.problem("id", 1, 0)
+    json.dumps(task.problem("ood", 0, 0).data)  # JSON-serialisable
+
+
+def test_target_option():
+    task = get_task("gp24", target=10)
+    p = task.problem("id", 0, 0)
+    assert p.data["target"] == 10 and "make 10" in task.prompt(p)
+    assert task.verify(p, task.answer(p)).correct
+    with pytest.raises(ValueError, match="target"):
+        get_task("gp24", target=-1)
+    with pytest.raises(ValueError, match="no solvable"):
+        get_task("gp24", target=10**6).problem("id", 0, 0)
+
+
+def test_prompts_state_the_rule(task):
+    assert "J,Q,K=10" in task.prompt(task.problem("id", 0, 0))
+    assert "J,Q,K=11,12,13" in task.prompt(task.problem("ood", 0, 0))
+    paper = get_task("gp24", "paper")
+    assert "'11', '12' and '13'" in paper.prompt(paper.problem("ood", 0, 0))
+    assert "count as '10'" in paper.prompt(paper.problem("id", 0, 0))
+
+
+def _hand(ranks, split="id"):
+    """A problem with these card ranks (built directly: the verifier reads only the data)."""
+    values = [min(RANK_VALUE[r], 10) if split == "id" else RANK_VALUE[r] for r in ranks]
+    return Problem("gp24", split, 0, 0, {"cards": [r + "s" for r in ranks], "values": values, "target": 24})
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "reward", "feedback"),
+    [
+        ("formula: 8/(3-8/3)", CORRECT, 5, "equals 24"),
+        ("formula: 8/(3-8/3) = 24", CORRECT, 5, "equals 24"),
+        ("Formula : 8 ÷ (3 − 8 ÷ 3)", CORRECT, 5, "equals 24"),
+        ("formula: 8/(3-8/3) = 23", CORRECT, 5, "it claims 23"),
+        ("formula: 8+8+3+3", WRONG_VALUE, -1, "equals 22, not 24"),
+        ("formula: 8/3+8/3", WRONG_VALUE, -1, "equals 16/3, not 24"),
+        ("formula: 8/3+8/8", WRONG_NUMBERS, -2, "uses 8, 3, 8, 8"),
+        ("formula: 8*3", WRONG_NUMBERS, -2, "the cards are"),
+        ("formula: 8*3*1*1", WRONG_NUMBERS, -2, "uses 8, 3, 1, 1"),
+        ("formula: 8/(3-3)+8", ILLEGAL, -3, "division by zero"),
+        ("formula: 2^3*3*8", ILLEGAL, -3, "not an allowed operator"),
+        ("formula: ８/(3-8/3)", ILLEGAL, -3, "non-ASCII digit"),
+        ("formula:", ILLEGAL, -3, "empty"),
+        ("the answer is 8/(3-8/3)", UNPARSEABLE, -3, "no formula found after 'formula:'"),
+        ("", UNPARSEABLE, -3, "empty"),
+    ],
+)
+def test_verdicts_and_rewards(task, answer, kind, reward, feedback):
+    p = _hand(["3", "3", "8", "8"])
+    v = task.verify(p, answer)
+    assert (v.kind, v.reward, v.correct) == (kind, reward, kind == CORRECT)
+    assert feedback in v.feedback and "\n" not in v.feedback
+    assert v.format_ok == (kind != UNPARSEABLE)
+
+
+def test_ood_values_are_judged_under_the_ood_rule(task):
+    p = _hand(["A", "J", "Q", "K"], "ood")
+    assert task.verify(p, "formula: 12*(13-11)*1").correct
+    assert task.verify(p, "formula: 10*(10-10)+1").kind == WRONG_NUMBERS  # the ID rule's values
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        ('{"cards": ["3", "3", "8", "8"], "number": [3, 3, 8, 8], "formula": "8/(3-8/3)"}', CORRECT),
+        ('Sure!\n```json\n{"cards": ["3","3","8","8"], "formula": "8/(3-8/3)=24"}\n```\nDone.', CORRECT),
+        ("{'cards': ['3', '3', '8', '8'], 'formula': '8/(3-8/3)'}", CORRECT),
+        ('I think {x} then {"formula": "8/(3-8/3)"}', CORRECT),
+        ('{"note": "a } inside a string", "formula": "8/(3-8/3)"}', CORRECT),
+        ('{"formula": "8+8+3+3"}', WRONG_VALUE),
+        ('{"formula": 24}', ILLEGAL),
+        ('{"cards": ["3", "3", "8", "8"]}', UNPARSEABLE),
+        ("formula: 8/(3-8/3)", UNPARSEABLE),
+        ('{"formula": "8/(3-8/3)"', UNPARSEABLE),
+    ],
+)
+def test_paper_profile_reads_the_first_json_object_with_a_formula(answer, kind):
+    task = get_task("gp24", "paper")
+    assert task.verify(_hand(["3", "3", "8", "8"]), answer).kind == kind
+
+
+HOSTILE = [
+    "(" * 100_000 + "3" + ")" * 100_000,
+    "9" * 1_000_000,
+    "1/0",
+    "__import__('os').system('echo hi')",
+    "２４",
+    "",
+    "{" * 100_000,
+    '{"formula": "' + "(" * 5000 + '"}',
+    "[" * 10_000,
+    "formula: " + "1*" * 5000 + "1",
+    "formula: " + "*".join(["999999"] * 80),
+    "\x00\ud800\uffff",
+]
+
+
+@pytest.mark.parametrize("profile", ["compact", "paper"])
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_answers_get_a_verdict_with_a_reason(profile, text):
+    task = get_task("gp24", profile)
+    for prefix in ("", "formula: ", '{"formula": "'):
+        v = task.verify(task.problem("ood", 0, 0), prefix + text)
+        assert v.kind in (UNPARSEABLE, ILLEGAL, WRONG_NUMBERS) and not v.correct
+        assert v.feedback and "\n" not in v.feedback and len(v.feedback) < 300
