@@ -1,7 +1,145 @@
-"""Placeholder: this room's commands are being built (see the open issues)."""
+"""`rlheal spectrum` (spectral diagnostics of checkpoints against a reference) and `rlheal edit` (SVD edits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+MODULES = "q,k,v,o,gate,up,down"
+
+
+def _parse_sizes(text: str, allow_zero: bool = False) -> list[int | float]:
+    """"0.2,768" → [0.2, 768]: items with a dot or exponent are fractions of the rank, others counts."""
+    out: list[int | float] = []
+    for item in (s.strip() for s in text.split(",")):
+        try:
+            value: int | float = float(item) if any(c in item.lower() for c in ".e") or item == "nan" else int(item)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not a number: give counts (768) or fractions (0.2)") from None
+        if value == 0 and not allow_zero:
+            raise typer.BadParameter("k must be ≥ 1 (a count) or in (0, 1] (a fraction of the rank)")
+        out.append(value)
+    return out
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    return typer.Exit(2)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+    import json
+
+    from rlheal.atomic import write_text
+
+    if path.suffix == ".json":
+        write_text(path, json.dumps(rows, indent=1, default=str))
+    elif path.suffix == ".csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, buf.getvalue())
+    else:
+        raise typer.BadParameter(f"--out {path}: use a .csv or .json file")
+
+
+def _print_summary(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlheal.spectral import aggregate
+
+    table = Table(title="spectral summary per checkpoint (angles in radians; max over matrices, drift mean)")
+    for col in ("target", "reference", "k", "matrices", "mean|Δσ|/σ", "top L", "top R", "tail L", "tail R",
+                "diag share", "offdiag share"):
+        table.add_column(col)
+    for agg in aggregate(rows, ("target", "reference", "k_label")):
+        table.add_row(Path(agg["target"]).name, Path(agg["reference"]).name, agg["k_label"], str(agg["n_matrices"]),
+                      *(f"{agg[c]:.3g}" for c in ("mean_abs_rel_sigma_drift", "top_left_max", "top_right_max",
+                                                  "tail_left_max", "tail_right_max", "diag_share", "offdiag_share")))
+    Console().print(table)
+
+
+def spectrum(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Target checkpoints, or folders of checkpoints.")],
+    ref: Annotated[str, typer.Option("--ref", help="Reference: a checkpoint path, base, ood-peak or previous.")],
+    k: Annotated[str, typer.Option("--k", help="Subspace sizes: counts (768) or fractions of the rank (0.2), comma-separated.")] = "0.2",
+    modules: Annotated[str, typer.Option("--modules", help="Modules: q,k,v,o,gate,up,down,embed,head.")] = MODULES,
+    layers: Annotated[str, typer.Option("--layers", help="Decoder layers, e.g. 0-3,8 (default: all).")] = "",
+    store: Annotated[Path | None, typer.Option("--store", help="Run folder: its store receives the rows (unless --out) and resolves base/ood-peak.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write rows to FILE.csv or FILE.json (instead of the store).")] = None,
+    method: Annotated[str, typer.Option("--method", help="gram64 (fast, float64), svd64 (exact), svd32 (naive).")] = "gram64",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 …")] = "auto",
+    cache: Annotated[Path | None, typer.Option("--cache", help="Decomposition cache folder (default ~/.cache/rlheal/spectral).")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="With --ref ood-peak: the task whose OOD peak to use.")] = None,
+) -> None:
+    """Singular-value drift, principal angles and ΔW energy of each checkpoint's matrices against a reference."""
+    from rlheal.models.checkpoint import CheckpointError, find_checkpoints
+    from rlheal.spectral import SPECTRAL, SPECTRAL_SIGMA, DecompositionCache, reference_pairs, run_spectrum
+    from rlheal.spectral.linalg import SpectralError
+    from rlheal.spectral.weights import WeightsError, parse_layers
+    from rlheal.store import Store, StoreError
+
+    try:
+        targets = find_checkpoints(list(checkpoints))
+        pairs = reference_pairs(ref, targets, store, task)
+        rows, sigma_rows = run_spectrum(pairs, _parse_sizes(k), modules, parse_layers(layers), method, device,
+                                        DecompositionCache(cache))
+    except (CheckpointError, SpectralError, WeightsError, StoreError) as exc:
+        raise _fail(exc) from exc
+    if out is not None:
+        _write_rows(out, rows)
+        typer.echo(f"wrote {len(rows)} rows to {out}")
+    elif store is not None:
+        with Store(store) as db, db.transaction():
+            db.put(SPECTRAL, rows)
+            db.put(SPECTRAL_SIGMA, sigma_rows)
+        typer.echo(f"wrote {len(rows)} rows to {db.path} (tables spectral, spectral_sigma)")
+    else:
+        typer.echo("no --store or --out given: rows are only summarised below")
+    _print_summary(rows)
+
+
+def edit(
+    ref: Annotated[Path, typer.Option("--ref", help="Reference checkpoint (e.g. the base model).")],
+    target: Annotated[Path, typer.Option("--target", help="Checkpoint to edit.")],
+    mode: Annotated[str, typer.Option("--mode", help="values, vectors, triplets or layers.")],
+    out: Annotated[Path, typer.Option("--out", help="New checkpoint folder.")],
+    top: Annotated[str, typer.Option("--top", help="Top singular directions: count or fraction of the rank.")] = "0",
+    tail: Annotated[str, typer.Option("--tail", help="Tail singular directions: count or fraction (top=tail=0: all).")] = "0",
+    modules: Annotated[str, typer.Option("--modules", help="Modules to edit.")] = MODULES,
+    layers: Annotated[str, typer.Option("--layers", help="Decoder layers, e.g. 0-3 (default: all; required for layers mode).")] = "",
+    method: Annotated[str, typer.Option("--method", help="gram64, svd64 or svd32.")] = "gram64",
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    cache: Annotated[Path | None, typer.Option("--cache", help="Decomposition cache folder.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Write a new checkpoint: the target with singular values/vectors/triplets or whole layers from the reference."""
+    from rlheal.models.checkpoint import CheckpointError
+    from rlheal.spectral import DecompositionCache, edit_checkpoint
+    from rlheal.spectral.linalg import SpectralError
+    from rlheal.spectral.weights import WeightsError, parse_layers
+
+    sizes = _parse_sizes(top, allow_zero=True), _parse_sizes(tail, allow_zero=True)
+    if any(len(v) != 1 for v in sizes):
+        raise typer.BadParameter("--top and --tail take one number each (a count or a fraction of the rank)")
+    (top_v,), (tail_v,) = sizes
+    try:
+        path = edit_checkpoint(ref, target, out, mode, top_v, tail_v, modules if mode != "layers" else None,
+                               parse_layers(layers), method, device, DecompositionCache(cache), overwrite)
+    except (CheckpointError, SpectralError, WeightsError, FileExistsError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands to `app`."""
+    app.command("spectrum")(spectrum)
+    app.command("edit")(edit)

@@ -1,0 +1,125 @@
+"""Per-matrix spectral metrics of a target against a reference, as store rows, and their aggregation.
+
+For each matrix and each k: σ drift (per index and mean |Δσ|/σ), principal angles between the top-k and the
+tail-k left (U) and right (V) singular subspaces, projection distances, and the shares of ‖ΔW‖_F² inside the
+reference top-k block split into diagonal (rescaling) and off-diagonal (rotation) parts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from rlheal.spectral.linalg import (
+    Decomposition,
+    angle_error_bound,
+    angles_between_orthonormal,
+    block_energy,
+    projection_distance,
+    resolve_k,
+    sigma_drift,
+)
+from rlheal.store import Table
+
+ANGLE_SETS = ("top_left", "top_right", "tail_left", "tail_right")
+METRIC_COLUMNS = (
+    "mean_abs_rel_sigma_drift", "max_abs_rel_sigma_drift", "delta_rel_norm",
+    *(f"{s}_{stat}" for s in ANGLE_SETS for stat in ("max", "mean", "proj")),
+    "diag_share", "offdiag_share", "angle_error_bound",
+)
+
+SPECTRAL = Table(
+    name="spectral",
+    columns={
+        "target": "str", "reference": "str", "tensor": "str", "k_label": "str", "k": "int",
+        "layer": "int", "module": "str", "rows": "int", "cols": "int", "rank": "int", "method": "str",
+        **{c: "float" for c in METRIC_COLUMNS},
+        "seconds": "float", "device": "str", "created": "str",
+    },
+    key=("target", "reference", "tensor", "k_label"),
+)
+
+SPECTRAL_SIGMA = Table(
+    name="spectral_sigma",
+    columns={"target": "str", "reference": "str", "tensor": "str", "layer": "int", "module": "str",
+             "sigma_ref": "json", "sigma_target": "json", "rel_drift": "json", "method": "str"},
+    key=("target", "reference", "tensor"),
+)
+
+
+def k_label(k: int | float) -> str:
+    """The store label of a k setting: "k=0.2" for a fraction of the rank, "k=768" for a count."""
+    return f"k={k:g}" if isinstance(k, float) and k <= 1.0 else f"k={int(k)}"
+
+
+def _finite_or_none(values: torch.Tensor) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in values.cpu().tolist()]
+
+
+def matrix_metrics(name: str, W_ref: torch.Tensor, dec_ref: Decomposition, W_t: torch.Tensor,
+                   dec_t: Decomposition, ks: Sequence[int | float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Metric rows (one per k) and the σ row of one matrix; decompositions must hold max(k) top/tail vectors.
+
+    Angles are in radians; the projection distance of each subspace pair is sqrt(2 Σ sin²θ). σ indices where
+    the reference σ is zero have no relative drift and are left out of the means.
+    """
+    drift = sigma_drift(dec_ref.sigma, dec_t.sigma)
+    finite = drift[~torch.isnan(drift)].abs()
+    delta = W_t - W_ref
+    ref_norm = float(torch.linalg.matrix_norm(W_ref))
+    common = {
+        "mean_abs_rel_sigma_drift": float(finite.mean()) if finite.numel() else math.nan,
+        "max_abs_rel_sigma_drift": float(finite.max()) if finite.numel() else math.nan,
+        "delta_rel_norm": float(torch.linalg.matrix_norm(delta)) / ref_norm if ref_norm else math.nan,
+    }
+    rows = []
+    for k in ks:
+        kk = resolve_k(k, dec_ref.rank, name)
+        pairs = {
+            "top_left": (dec_ref.top_vectors(kk)[0], dec_t.top_vectors(kk)[0]),
+            "top_right": (dec_ref.top_vectors(kk)[1], dec_t.top_vectors(kk)[1]),
+            "tail_left": (dec_ref.tail_vectors(kk)[0], dec_t.tail_vectors(kk)[0]),
+            "tail_right": (dec_ref.tail_vectors(kk)[1], dec_t.tail_vectors(kk)[1]),
+        }
+        row: dict[str, Any] = {"k_label": k_label(k), "k": kk, **common}
+        for label, (A, B) in pairs.items():
+            theta = angles_between_orthonormal(A, B)
+            row[f"{label}_max"] = float(theta.max())
+            row[f"{label}_mean"] = float(theta.mean())
+            row[f"{label}_proj"] = projection_distance(theta)
+        U_k, V_k = dec_ref.top_vectors(kk)
+        row["diag_share"], row["offdiag_share"] = block_energy(delta, U_k, V_k)
+        r = dec_ref.rank
+        row["angle_error_bound"] = max(
+            angle_error_bound(dec.sigma, split, dec.method)
+            for dec in (dec_ref, dec_t) for split in (kk, r - kk)
+        )
+        rows.append(row)
+    sigma_row = {"sigma_ref": dec_ref.sigma.cpu().tolist(), "sigma_target": dec_t.sigma.cpu().tolist(),
+                 "rel_drift": _finite_or_none(drift)}
+    return rows, sigma_row
+
+
+def aggregate(rows: Iterable[dict[str, Any]], by: Sequence[str]) -> list[dict[str, Any]]:
+    """Group rows by the `by` columns: `*_max` columns take the max, other metrics the mean over matrices.
+
+    NaN values are skipped; each group reports `n_matrices`. Groups keep first-seen order.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(c) for c in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        agg: dict[str, Any] = dict(zip(by, key, strict=True))
+        agg["n_matrices"] = len(members)
+        for col in METRIC_COLUMNS:
+            values = [m[col] for m in members if m.get(col) is not None and not math.isnan(m[col])]
+            if not values:
+                agg[col] = math.nan
+            else:
+                agg[col] = max(values) if col.endswith("_max") or col == "angle_error_bound" else sum(values) / len(values)
+        out.append(agg)
+    return out

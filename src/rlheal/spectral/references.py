@@ -1,0 +1,62 @@
+"""Reference checkpoints for a sweep: a path, the run's base model, the run's OOD-peak SFT checkpoint, or
+each target's predecessor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlheal.store import Store, StoreError, Table
+
+# The columns of the `evals` table (filled by rlheal.evaluate, see docs/CONTRACTS.md) read here.
+_EVALS_READ = Table(
+    name="evals",
+    columns={"checkpoint": "str", "stage": "str", "step": "int", "task": "str", "split": "str",
+             "eval_set": "str", "success_rate": "float"},
+    key=("checkpoint", "task", "split", "eval_set"),
+)
+NAMED_REFERENCES = ("base", "ood-peak", "previous")
+
+
+def ood_peak_checkpoint(run: str | Path, task: str | None = None) -> Path:
+    """The `stage='sft'` checkpoint with the highest OOD `success_rate` in RUN's store (ties: earliest step).
+
+    With evaluations of several tasks in the store, `task` must say which one to use.
+    """
+    with Store(run) as store:
+        if "evals" not in store.tables():
+            raise StoreError(f"{store.path} has no evals table: evaluate the SFT checkpoints first "
+                             "(rlheal eval) or give the reference checkpoint as a path")
+        rows = [r for r in store.rows(_EVALS_READ, stage="sft", split="ood") if task is None or r["task"] == task]
+    if not rows:
+        raise StoreError(f"{store.path} holds no OOD evaluation of an SFT checkpoint"
+                         + (f" for task {task!r}" if task else "") + ": evaluate them first or give a path")
+    tasks = sorted({r["task"] for r in rows})
+    if len(tasks) > 1:
+        raise StoreError(f"{store.path} holds OOD evaluations of several tasks {tasks}: choose one with --task")
+    best = min(rows, key=lambda r: (-r["success_rate"], r["step"], r["checkpoint"]))
+    return Path(best["checkpoint"])
+
+
+def base_checkpoint(run: str | Path) -> Path:
+    """RUN/base, the base model a study run starts from."""
+    base = Path(run) / "base"
+    if not (base / "config.json").exists():
+        raise StoreError(f"{base} is not a checkpoint: give the base model's folder as --ref PATH instead")
+    return base
+
+
+def reference_pairs(ref: str, targets: list[Path], run: str | Path | None = None,
+                    task: str | None = None) -> list[tuple[Path, Path]]:
+    """(reference, target) pairs for a --ref value: a checkpoint path, `base`, `ood-peak` (both need a run
+    folder) or `previous` (each target against the one before it; the first target has none and is skipped)."""
+    if ref == "previous":
+        if len(targets) < 2:
+            raise StoreError("--ref previous needs at least two checkpoints")
+        return list(zip(targets[:-1], targets[1:], strict=True))
+    if ref in ("base", "ood-peak"):
+        if run is None:
+            raise StoreError(f"--ref {ref} needs --store RUN (the run folder), or give the reference as a path")
+        reference = base_checkpoint(run) if ref == "base" else ood_peak_checkpoint(run, task)
+    else:
+        reference = Path(ref)
+    return [(reference, t) for t in targets]
