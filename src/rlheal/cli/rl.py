@@ -1,0 +1,84 @@
+"""`rlheal rl`: RL (PPO or GRPO) from chosen SFT checkpoints, then ID/OOD evaluation of every RL checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _parse_steps(text: str | None) -> list[int] | None:
+    if text is None or text.strip().lower() == "all":
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--checkpoints takes steps separated by commas, e.g. 40,80,160; got {text!r}") from exc
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--set takes KEY=VALUE (e.g. --set lr=1e-6), got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+_FROM = typer.Option(..., "--from", help="Folder of SFT checkpoints (e.g. RUN/sft).")
+_OUT = typer.Option(None, "--out", help="Run folder (default: the parent of --from).")
+_SET = typer.Option([], "--set", help="Hyperparameter KEY=VALUE, repeatable (e.g. lr=1e-6).")
+
+
+def rl(
+    sft: Path = _FROM,
+    checkpoints: str = typer.Option("all", "--checkpoints", help="SFT steps to start from, e.g. 40,80,160, or all."),
+    algo: str = typer.Option("ppo", "--algo", help="ppo (the paper's turn-level PPO) or grpo (TRL)."),
+    updates: int | None = typer.Option(None, "--updates", help="RL updates per start (default: the config's)."),
+    task: str | None = typer.Option(None, "--task", help="Task trained on (default: the config's, gp24)."),
+    out: Path | None = _OUT,
+    settings: list[str] = _SET,
+    eval_episodes: int = typer.Option(100, "--eval-episodes", min=1, help="Episodes per (checkpoint, split)."),
+    eval_seed: int = typer.Option(0, "--eval-seed", min=0, help="Seed of the frozen eval sets."),
+) -> None:
+    """Run RL from each chosen SFT checkpoint and evaluate every RL checkpoint on ID and OOD.
+
+    Resumes: starts already done are skipped, an interrupted start continues from its latest RL checkpoint.
+    `rlheal results` then shows OOD before and after RL for each start.
+    """
+    from pydantic import ValidationError
+
+    from rlheal.train.sweep import SweepError, make_config, run_sweep
+
+    overrides = _parse_overrides(settings)
+    if updates is not None:
+        overrides["updates"] = updates
+    if task is not None:
+        overrides["task"] = task
+    try:
+        make_config(algo, overrides)  # fail before any work
+        summary = run_sweep(sft, out or sft.resolve().parent, algo=algo, steps=_parse_steps(checkpoints),
+                            overrides=overrides, eval_episodes=eval_episodes, eval_seed=eval_seed)
+    except ValidationError as exc:
+        raise typer.BadParameter(f"invalid {algo} setting: {exc}") from exc
+    except SweepError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{algo.upper()}: success before → after RL")
+    for column in ("start", "task", "RL step", "ID before", "ID after", "OOD before", "OOD after"):
+        table.add_column(column)
+    pct = lambda x: "—" if x is None else f"{x:.1%}"  # noqa: E731
+    for row in summary:
+        table.add_row(row["start_label"], row["task"], str(row["rl_step"]), pct(row["id_before"]),
+                      pct(row["id_after"]), pct(row["ood_before"]), pct(row["ood_after"]))
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `rlheal rl` to `app`."""
+    app.command("rl")(rl)

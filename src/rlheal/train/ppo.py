@@ -1,0 +1,446 @@
+"""Turn-level PPO as in the paper (PAPER.md §3), in one readable module in the spirit of CleanRL.
+
+One update:
+1. Rollout: play `episodes_per_update` ID episodes with the revision protocol (`rlheal.rollout.play`) at the
+   rollout temperature. Each attempt is one step; its reward is the verifier's.
+2. Score the steps with the policy before the update: the action log-probability is the sum over the attempt's
+   generated tokens of log softmax(logits / temperature), in float32; the value is the value head on the hidden
+   state of the attempt prompt's last token (the whole chat up to that attempt); with `track_kl`, the same
+   log-probabilities under the frozen starting model give the KL to the start (k3 estimator).
+3. Turn-level GAE (γ, λ) inside each episode (`rl_math.turn_gae`: bootstrap 0 after the last attempt, nothing
+   crosses an episode boundary); advantages normalised over the batch.
+4. `epochs` passes of shuffled minibatches: clipped surrogate + `value_coef` × clipped value loss
+   (- `entropy_coef` × entropy), gradient clipping, one optimiser step per minibatch.
+
+A batch where every attempt got the same reward (e.g. a checkpoint whose answers never parse) carries no
+learning signal: the update is recorded with `no_signal = True` and no optimiser step is taken.
+
+Built on Accelerate: `accelerate launch -m rlheal ...` runs one rollout per process (each on its own slice of
+problems) and DDP-averaged gradients; a single CPU process needs no configuration. Checkpoints are plain HF
+folders (`step-000010/`) with an rlheal manifest (stage "rl", parent = the starting checkpoint) and
+`value_head.safetensors`; training resumes from the latest one (with a fresh optimiser state).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlheal.store import Store, Table
+
+RL_UPDATES = Table(
+    name="rl_updates",
+    columns={
+        "run_id": "str",  # the RL output folder (resolved)
+        "update": "int",
+        "start": "str",  # the starting (SFT) checkpoint folder (resolved)
+        "algo": "str",
+        "task": "str",
+        "mean_reward": "float",  # mean verifier reward per attempt
+        "success_rate": "float",  # share of episodes solved
+        "format_rate": "float",  # share of attempts whose answer parsed
+        "kl": "float",  # mean KL(π‖π_start) per attempt (nats, summed over tokens); None when not tracked
+        "value_loss": "float",
+        "policy_loss": "float",
+        "clip_frac": "float",
+        "entropy": "float",  # mean per-token entropy of the sampled completions
+        "adv_mean": "float",  # moments and histogram of the raw (un-normalised) advantages
+        "adv_std": "float",
+        "adv_skew": "float",
+        "adv_hist": "json",  # {"edges": [...], "counts": [...]}
+        "n_episodes": "int",
+        "n_steps": "int",
+        "no_signal": "bool",  # every attempt got the same reward: nothing to learn from
+        "seconds": "float",
+    },
+    key=("run_id", "update"),
+)
+
+STEP_FOLDER = "step-{:06d}"
+
+
+class PPOConfig(BaseModel):
+    """Turn-level PPO settings; defaults follow the paper except the learning rate (sized for small models)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = Field("gp24", description="task trained on (its ID split)")
+    profile: Literal["compact", "paper"] = Field("compact", description="prompt profile of the task")
+    updates: int = Field(100, ge=1, description="PPO updates (rollout + optimisation) to run")
+    episodes_per_update: int = Field(64, ge=1, description="episodes played per update, over all processes")
+    max_attempts: int | None = Field(None, ge=1, description="attempts per episode; None = the task's default")
+    gamma: float = Field(0.9, ge=0.0, le=1.0, description="discount between attempts")
+    lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ")
+    clip: float = Field(0.1, gt=0.0, lt=1.0, description="PPO ratio clip ε")
+    value_clip: float | None = Field(1.0, gt=0.0, description="value clip, in reward units; None = unclipped")
+    epochs: int = Field(4, ge=1, description="passes over each rollout")
+    minibatch_size: int = Field(16, ge=1, description="steps (attempts) per minibatch, per process")
+    lr: float = Field(1e-5, gt=0.0, description="AdamW learning rate (paper: 1e-6 for 7-11B models)")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="gradient clipping norm")
+    value_coef: float = Field(0.5, ge=0.0, description="weight of the value loss")
+    kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the starting model, subtracted from rewards")
+    entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus")
+    track_kl: bool = Field(True, description="keep a frozen copy of the start to log KL (needed if kl_coef > 0)")
+    temperature: float = Field(0.2, gt=0.0, description="rollout sampling temperature (also scales logits)")
+    max_new_tokens: int = Field(64, ge=1, description="longest attempt, in tokens")
+    rollout_batch_size: int = Field(16, ge=1, description="chats per generate call")
+    save_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and the last)")
+    seed: int = Field(0, ge=0, description="training seed: problems, sampling, shuffling, value head init")
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.kl_coef > 0 and not self.track_kl:
+            raise ValueError("kl_coef > 0 needs track_kl = True (the KL penalty uses the frozen starting model)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Steps: the flat view of a batch of played episodes
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Steps:
+    """Attempts of whole episodes, in order; `dones[t]` marks each episode's last attempt."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    rewards: list[float]
+    dones: list[bool]
+    format_ok: list[bool]
+    n_episodes: int
+    n_solved: int
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def flatten_episodes(played: Sequence[Any]) -> Steps:
+    """The steps of `PlayedEpisode`s; raises ValueError when a generation carries no token ids."""
+    steps = Steps([], [], [], [], [], n_episodes=len(played), n_solved=0)
+    for pe in played:
+        verdicts = pe.episode.verdicts
+        for t, (generation, verdict) in enumerate(zip(pe.generations, verdicts, strict=True)):
+            if not generation.prompt_ids or not generation.completion_ids:
+                raise ValueError(f"episode {pe.episode.problem.key}, attempt {t + 1}: the backend returned no token "
+                                 "ids; PPO needs a backend that reports them (HFBackend does)")
+            steps.prompt_ids.append(list(generation.prompt_ids))
+            steps.completion_ids.append(list(generation.completion_ids))
+            steps.rewards.append(float(verdict.reward))
+            steps.dones.append(t == len(verdicts) - 1)
+            steps.format_ok.append(bool(verdict.format_ok))
+        steps.n_solved += int(pe.episode.solved)
+    return steps
+
+
+def pad_steps(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], pad_id: int, device: Any):
+    """Right-padded prompt+completion rows: (input_ids, attention_mask, prompt_lens, completion_lens)."""
+    import torch
+
+    rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    prompt_lens = torch.tensor([len(p) for p in prompt_ids], device=device)
+    completion_lens = torch.tensor([len(c) for c in completion_ids], device=device)
+    return input_ids, attention_mask, prompt_lens, completion_lens
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The policy and its critic on one backbone
+# --------------------------------------------------------------------------------------------------------------
+def _actor_critic_class():
+    from torch import nn
+
+    class ActorCritic(nn.Module):
+        """A causal LM and a value head on its last hidden layer: one module, so DDP wraps both."""
+
+        def __init__(self, model: nn.Module, head: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+            self.head = head
+
+        def forward(self, input_ids, attention_mask, prompt_lens):
+            import torch
+
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            values = self.head(out.hidden_states[-1][rows, prompt_lens - 1])
+            return out.logits, values
+
+    return ActorCritic
+
+
+def score_steps(module, steps_prompt, steps_completion, pad_id: int, temperature: float, device: Any):
+    """Per step: (sequence log-prob, value, token log-probs, token entropies, token mask) under `module`
+    (an ActorCritic, or a bare causal LM for the reference, whose values are then None)."""
+    from rlheal.train.rl_math import gather_completion
+
+    input_ids, attention_mask, prompt_lens, completion_lens = pad_steps(steps_prompt, steps_completion, pad_id, device)
+    if hasattr(module, "head") or hasattr(getattr(module, "module", None), "head"):
+        logits, values = module(input_ids, attention_mask, prompt_lens)
+    else:
+        logits, values = module(input_ids=input_ids, attention_mask=attention_mask).logits, None
+    token_logps, entropy, mask = gather_completion(logits / temperature, input_ids, prompt_lens, completion_lens)
+    return token_logps.sum(-1), values, token_logps, entropy, mask
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------------------
+def rl_checkpoints(out: Path) -> list[Path]:
+    """The whole RL checkpoints in `out` (manifest present), by step."""
+    from rlheal.models.checkpoint import MANIFEST, read_manifest
+
+    if not out.is_dir():
+        return []
+    found = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / MANIFEST).exists()]
+    return sorted(found, key=lambda p: read_manifest(p).step)
+
+
+def latest_resumable(out: Path) -> Path | None:
+    """The latest RL checkpoint in `out` that also holds its value head, or None."""
+    from rlheal.train.value_head import VALUE_HEAD_FILE
+
+    resumable = [p for p in rl_checkpoints(out) if (p / VALUE_HEAD_FILE).exists()]
+    return resumable[-1] if resumable else None
+
+
+@dataclass
+class RLResult:
+    """What an RL run left: its checkpoints (by step) and its `rl_updates` rows (this call's updates)."""
+
+    checkpoints: list[Path]
+    rows: list[dict[str, Any]]
+
+    @property
+    def no_signal(self) -> bool:
+        """True when no update of this call had a learning signal."""
+        return bool(self.rows) and all(r["no_signal"] for r in self.rows)
+
+
+def update_row(*, run_id: str, update: int, start: Path, algo: str, task: str, rewards: Sequence[float],
+               format_ok: Sequence[bool], n_episodes: int, n_solved: int, advantages: Sequence[float],
+               kl: float | None, losses: dict[str, float | None], entropy: float | None, no_signal: bool,
+               seconds: float) -> dict[str, Any]:
+    """One `rl_updates` row from the gathered numbers of an update (shared by PPO and GRPO)."""
+    from rlheal.train.rl_math import advantage_stats
+
+    stats = advantage_stats(list(advantages))
+    nan_to_none = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else x  # noqa: E731
+    return {
+        "run_id": run_id, "update": update, "start": str(start), "algo": algo, "task": task,
+        "mean_reward": sum(rewards) / len(rewards) if rewards else None,
+        "success_rate": n_solved / n_episodes if n_episodes else None,
+        "format_rate": sum(format_ok) / len(format_ok) if format_ok else None,
+        "kl": nan_to_none(kl), "value_loss": nan_to_none(losses.get("value_loss")),
+        "policy_loss": nan_to_none(losses.get("policy_loss")), "clip_frac": nan_to_none(losses.get("clip_frac")),
+        "entropy": nan_to_none(entropy),
+        "adv_mean": nan_to_none(stats["mean"]), "adv_std": nan_to_none(stats["std"]),
+        "adv_skew": nan_to_none(stats["skew"]), "adv_hist": stats["hist"],
+        "n_episodes": n_episodes, "n_steps": len(rewards), "no_signal": no_signal, "seconds": seconds,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------
+def train_ppo(
+    start: str | Path,
+    out: str | Path,
+    config: PPOConfig,
+    *,
+    store: Store | None = None,
+    task: Any = None,
+    show_progress: bool = True,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+) -> RLResult:
+    """Run PPO from checkpoint `start` into `out/step-XXXXXX/`, resuming from the latest checkpoint there.
+
+    `task` overrides `config.task` with a Task object (tests, custom worlds). Each update's row goes to
+    `store` (table `rl_updates`, run_id = resolved `out`) and to `on_update`. Returns the checkpoints in `out`
+    and this call's rows; a run whose last update is already saved returns at once.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rlheal.models.checkpoint import Manifest, check_checkpoint, load_model, save_model
+    from rlheal.provenance import stable_hash
+    from rlheal.rollout import Decoding, HFBackend, play
+    from rlheal.tasks.base import Task
+    from rlheal.train.rl_math import (
+        clipped_surrogate,
+        clipped_value_loss,
+        kl_to_reference,
+        minibatch_indices,
+        normalize_advantages,
+        turn_gae,
+    )
+    from rlheal.train.value_head import ValueHead, load_value_head, save_value_head
+
+    start, out = check_checkpoint(Path(start)).resolve(), Path(out).resolve()
+    if task is None:
+        from rlheal.tasks import get_task
+
+        task = get_task(config.task, config.profile)
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a rlheal Task, got {type(task).__name__}")
+    run_id, config_hash = str(out), stable_hash(config.model_dump())
+
+    resume = latest_resumable(out)
+    first_update = 1 if resume is None else _step_of(resume) + 1
+    if first_update > config.updates:
+        return RLResult(rl_checkpoints(out), [])
+
+    accelerator = Accelerator()
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(resume or start)
+    hidden = model.config.get_text_config().hidden_size
+    head = load_value_head(resume, hidden) if resume else ValueHead(hidden)
+    reference = None
+    if config.track_kl:
+        reference = load_model(start)[0].to(accelerator.device).requires_grad_(False)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    actor_critic = _actor_critic_class()(model, head)
+    optimizer = torch.optim.AdamW(actor_critic.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
+    policy = accelerator.unwrap_model(actor_critic)
+    backend = HFBackend(policy.model, tokenizer, batch_size=config.rollout_batch_size, name=str(resume or start))
+    device, n_proc, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    local_episodes = _share(config.episodes_per_update, n_proc, rank)
+    console = Console(stderr=True)
+    rows: list[dict[str, Any]] = []
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    show = show_progress and accelerator.is_main_process
+    with Progress(*columns, console=console, disable=not show) as progress:
+        bar = progress.add_task(f"PPO {start.name}", total=config.updates, completed=first_update - 1)
+        for update in range(first_update, config.updates + 1):
+            began = time.perf_counter()
+            # 1. rollout --------------------------------------------------------------------------------------
+            actor_critic.eval()
+            offset = (update - 1) * config.episodes_per_update + sum(
+                _share(config.episodes_per_update, n_proc, r) for r in range(rank))
+            problems = task.problems("id", config.seed, local_episodes, start=offset)
+            decoding = Decoding(temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                seed=(config.seed * 1_000_003 + update) * n_proc + rank)
+            played = play(task, problems, backend, max_attempts=config.max_attempts, decoding=decoding)
+            steps = flatten_episodes(played)
+
+            # 2. score with the policy before the update (and the frozen start) -------------------------------
+            old_logp, old_values, kl_seq, entropy_sum, n_tokens = [], [], [], 0.0, 0
+            with torch.no_grad():
+                for idx in _chunks(len(steps), config.minibatch_size):
+                    prompts, completions = [steps.prompt_ids[i] for i in idx], [steps.completion_ids[i] for i in idx]
+                    logp, values, token_logps, entropy, mask = score_steps(
+                        actor_critic, prompts, completions, pad_id, config.temperature, device)
+                    old_logp.append(logp)
+                    old_values.append(values)
+                    entropy_sum += float(entropy.sum())
+                    n_tokens += int(mask.sum())
+                    if reference is not None:
+                        ref_token_logps = score_steps(reference, prompts, completions, pad_id, config.temperature,
+                                                      device)[2]
+                        kl_seq.append(kl_to_reference(token_logps, ref_token_logps, mask))
+            old_logp, old_values = torch.cat(old_logp), torch.cat(old_values)
+            kl_seq = torch.cat(kl_seq) if kl_seq else None
+
+            # 3. rewards → turn-level GAE inside episodes → normalised advantages ----------------------------
+            rewards = torch.tensor(steps.rewards, dtype=torch.float32, device=device)
+            if config.kl_coef > 0:
+                rewards = rewards - config.kl_coef * kl_seq
+            dones = torch.tensor(steps.dones, dtype=torch.bool, device=device)
+            advantages, returns = turn_gae(rewards, old_values, dones, config.gamma, config.lam)
+            all_rewards = gather_object(steps.rewards)
+            all_advantages = gather_object(advantages.tolist())
+            no_signal = len(set(all_rewards)) < 2
+            normed, has_spread = normalize_advantages(advantages, torch.tensor(all_advantages, device=device))
+            no_signal = no_signal or not has_spread
+
+            # 4. epochs of clipped PPO on shuffled minibatches ------------------------------------------------
+            losses: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": []}
+            if not no_signal:
+                actor_critic.train()
+                n_minibatches = int(accelerator.gather(torch.tensor(
+                    [math.ceil(len(steps) / config.minibatch_size)], device=device)).max())
+                generator = torch.Generator().manual_seed(config.seed * 1_000_003 + update * 97 + rank)
+                for _ in range(config.epochs):
+                    for idx in minibatch_indices(len(steps), n_minibatches, generator):
+                        idx_list = idx.tolist()
+                        logp, values, _, entropy, mask = score_steps(
+                            actor_critic, [steps.prompt_ids[i] for i in idx_list],
+                            [steps.completion_ids[i] for i in idx_list], pad_id, config.temperature, device)
+                        idx = idx.to(device)
+                        policy_loss, clip_frac = clipped_surrogate(logp, old_logp[idx], normed[idx], config.clip)
+                        value_loss = clipped_value_loss(values, old_values[idx], returns[idx], config.value_clip)
+                        mean_entropy = entropy.sum() / mask.sum().clamp(min=1)
+                        loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * mean_entropy
+                        optimizer.zero_grad(set_to_none=True)
+                        accelerator.backward(loss)
+                        accelerator.clip_grad_norm_(actor_critic.parameters(), config.max_grad_norm)
+                        optimizer.step()
+                        losses["policy_loss"].append(policy_loss.item())
+                        losses["value_loss"].append(value_loss.item())
+                        losses["clip_frac"].append(clip_frac.item())
+
+            # 5. record and save --------------------------------------------------------------------------------
+            mean_loss = {k: _mean(gather_object(v)) for k, v in losses.items()}
+            token_stats = gather_object([(entropy_sum, n_tokens)])
+            kl_values = gather_object(kl_seq.tolist()) if kl_seq is not None else []
+            row = update_row(
+                run_id=run_id, update=update, start=start, algo="ppo", task=task.name, rewards=all_rewards,
+                format_ok=gather_object(steps.format_ok), n_episodes=sum(gather_object([steps.n_episodes])),
+                n_solved=sum(gather_object([steps.n_solved])), advantages=all_advantages,
+                kl=_mean(kl_values) if kl_values else None, losses=mean_loss,
+                entropy=sum(e for e, _ in token_stats) / max(1, sum(n for _, n in token_stats)),
+                no_signal=no_signal, seconds=time.perf_counter() - began)
+            rows.append(row)
+            if accelerator.is_main_process:
+                if store is not None:
+                    store.put(RL_UPDATES, [row])
+                if on_update is not None:
+                    on_update(row)
+                if update % config.save_every == 0 or update == config.updates:
+                    folder = out / STEP_FOLDER.format(update)
+                    manifest = Manifest(stage="rl", step=update, parent=str(start), seed=config.seed,
+                                        config_hash=config_hash,
+                                        extra={"algo": "ppo", "task": task.name, "config": config.model_dump()})
+                    save_model(policy.model, tokenizer, folder, manifest, overwrite=True)
+                    save_value_head(policy.head, folder)
+            accelerator.wait_for_everyone()
+            signal_note = "no learning signal" if no_signal else f"clip {row['clip_frac'] or 0:.2f}"
+            progress.update(bar, advance=1, description=(
+                f"PPO {start.name} u{update} reward {row['mean_reward']:.2f} "
+                f"solved {row['success_rate']:.0%} {signal_note}"))
+
+    result = RLResult(rl_checkpoints(out), rows)
+    if result.no_signal and accelerator.is_main_process:
+        console.print(f"[yellow]PPO from {start}: no learning signal in any update: every attempt got the same "
+                      f"reward (format rate {rows[-1]['format_rate']:.0%}). The checkpoint's answers may never "
+                      "parse: train SFT longer or check the prompt profile.[/yellow]")
+    return result
+
+
+def _step_of(folder: Path) -> int:
+    from rlheal.models.checkpoint import read_manifest
+
+    return read_manifest(folder).step
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    """Part `index` of `total` split into `parts` near-equal integers (the first ones take the remainder)."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None

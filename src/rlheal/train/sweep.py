@@ -1,0 +1,129 @@
+"""RL from each chosen SFT checkpoint, then ID/OOD evaluation of every RL checkpoint (the paper's sweep).
+
+Starts run one after another here (each is an independent job on a cluster: same command, one checkpoint).
+Layout: `RUN/rl/<start-label>-<algo>/step-000010/` (e.g. `RUN/rl/sft-40-ppo/`). Resuming is per start: a
+start whose last RL checkpoint exists is not retrained, its missing evaluations are run (`evaluate` skips
+stored rows); an interrupted start restarts from its latest saved RL checkpoint (PPO: with its value head;
+both: with a fresh optimiser state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlheal.store import Store
+
+ALGOS: tuple[str, ...] = ("ppo", "grpo")
+
+
+class SweepError(ValueError):
+    """A sweep asked for with invalid settings; the message says what is wrong and what to do."""
+
+
+def make_config(algo: str, overrides: Mapping[str, Any] | None = None):
+    """The validated config of `algo` (PPOConfig or GRPOConfig) with `overrides`; pydantic's ValidationError
+    names a bad field, SweepError an unknown algorithm."""
+    from rlheal.train.grpo import GRPOConfig
+    from rlheal.train.ppo import PPOConfig
+
+    configs = {"ppo": PPOConfig, "grpo": GRPOConfig}
+    if algo not in configs:
+        raise SweepError(f"unknown RL algorithm {algo!r}; valid: {', '.join(ALGOS)}")
+    return configs[algo](**dict(overrides or {}))
+
+
+def select_starts(sft: str | Path, steps: Sequence[int] | None = None) -> list[Path]:
+    """The checkpoints in folder `sft` whose manifest step is in `steps` (all when None), by step."""
+    from rlheal.models.checkpoint import CheckpointError, find_checkpoints, read_manifest
+
+    try:
+        found = find_checkpoints([sft])
+    except CheckpointError as exc:
+        raise SweepError(f"--from {sft}: {exc}") from exc
+    by_step = {read_manifest(p).step: p for p in found}
+    if steps is None:
+        return [by_step[s] for s in sorted(by_step)]
+    missing = [s for s in steps if s not in by_step]
+    if missing:
+        raise SweepError(f"no checkpoint of step {', '.join(map(str, missing))} in {sft}; "
+                         f"available steps: {', '.join(map(str, sorted(by_step)))}")
+    return [by_step[s] for s in dict.fromkeys(steps)]
+
+
+def rl_folder(run: str | Path, start: Path, algo: str) -> Path:
+    """Where RL from `start` with `algo` writes its checkpoints: `run/rl/<start-label>-<algo>`."""
+    from rlheal.models.checkpoint import read_manifest
+
+    return Path(run) / "rl" / f"{read_manifest(start).label}-{algo}"
+
+
+def run_sweep(
+    sft: str | Path,
+    run: str | Path,
+    *,
+    algo: str = "ppo",
+    steps: Sequence[int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    eval_episodes: int = 100,
+    eval_seed: int = 0,
+    eval_decoding: Any = None,
+    task: Any = None,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """RL from each selected checkpoint of `sft`, then evaluate the start and every RL checkpoint on ID and OOD
+    of the trained task, into `run/results.sqlite` (with `eval_decoding`, default greedy `Decoding()`, the
+    evaluator's default, so the starts' rows from the SFT sweep are reused). `task` (a Task object) overrides
+    the config's task name.
+    Returns `rl_summary` rows of the starts of this sweep."""
+    from rlheal.evaluate import evaluate
+    from rlheal.rollout import Decoding
+    from rlheal.train.grpo import train_grpo
+    from rlheal.train.ppo import rl_checkpoints, train_ppo
+
+    config = make_config(algo, overrides)
+    starts = select_starts(sft, steps)
+    trainer = train_ppo if algo == "ppo" else train_grpo
+    eval_task = task if task is not None else config.task
+    with Store(run) as store:
+        for start in starts:
+            out = rl_folder(run, start, algo)
+            result = trainer(start, out, config, store=store, task=task, show_progress=show_progress)
+            if result.no_signal:
+                print(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
+            evaluate(store, [start, *rl_checkpoints(out)], [eval_task], episodes=eval_episodes, seed=eval_seed,
+                     profile=config.profile, max_attempts=config.max_attempts,
+                     decoding=eval_decoding or Decoding(), show_progress=show_progress)
+        chosen = {str(s.resolve()) for s in starts}
+        return [r for r in rl_summary(store) if r["start"] in chosen]
+
+
+def rl_summary(store: Store) -> list[dict[str, Any]]:
+    """For each (start checkpoint, algo, task, eval set): ID and OOD success before RL (the start) and after
+    (its RL checkpoint of the highest step), from the `evals` table. Missing evaluations read None."""
+    from rlheal.evaluate import EVALS
+    from rlheal.models.checkpoint import CheckpointError, read_manifest
+
+    evals = store.rows(EVALS)
+    success = {(r["checkpoint"], r["task"], r["split"], r["eval_set"]): r["success_rate"] for r in evals}
+    latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for row in (r for r in evals if r["stage"] == "rl" and r["parent"]):
+        try:
+            algo = read_manifest(row["checkpoint"]).extra.get("algo", "?")
+        except CheckpointError:
+            algo = "?"
+        key = (row["parent"], algo, row["task"], row["eval_set"])
+        if key not in latest or row["step"] > latest[key]["step"]:
+            latest[key] = row
+    out = []
+    for (start, algo, task, eval_set), row in sorted(latest.items()):
+        start_rows = [r for r in evals if r["checkpoint"] == start]
+        out.append({
+            "start": start, "start_label": start_rows[0]["label"] if start_rows else Path(start).name,
+            "start_step": start_rows[0]["step"] if start_rows else None, "algo": algo, "task": task,
+            "eval_set": eval_set, "rl_checkpoint": row["checkpoint"], "rl_step": row["step"],
+            **{f"{split}_{when}": success.get((ckpt, task, split, eval_set))
+               for split in ("id", "ood") for when, ckpt in (("before", start), ("after", row["checkpoint"]))},
+        })
+    return sorted(out, key=lambda r: (r["task"], r["algo"], r["start_step"] or 0))

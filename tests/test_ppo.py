@@ -1,0 +1,209 @@
+"""Turn-level PPO on a tiny Llama: learning on a toy reward, episode bookkeeping, checkpoints, resume, no-signal."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlheal.rollout import Decoding, Generation, PlayedEpisode
+from rlheal.store import Store
+from rlheal.tasks.base import CORRECT, UNPARSEABLE, WRONG_VALUE, Problem, Task, Verdict
+from rlheal.train.ppo import RL_UPDATES, PPOConfig, flatten_episodes, train_ppo
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class DigitTask(Task):
+    """"Say a digit.": "7" earns +5, another digit +1, anything else 0 (a format error); 2 attempts."""
+
+    name = "digit"
+    default_max_attempts = 2
+
+    def problem(self, split: str, seed: int, index: int) -> Problem:
+        return Problem(self.name, split, seed, index, {"index": index})
+
+    def prompt(self, problem: Problem) -> str:
+        return "Say a digit."
+
+    def answer(self, problem: Problem) -> str:
+        return "7"
+
+    def verify(self, problem: Problem, text: str) -> Verdict:
+        if text.startswith("7"):
+            return Verdict(True, 5.0, CORRECT, "", format_ok=True)
+        if text[:1].isdigit():
+            return Verdict(False, 1.0, WRONG_VALUE, "that digit is not the one", format_ok=True)
+        return Verdict(False, 0.0, UNPARSEABLE, "no digit was found", format_ok=False)
+
+
+class NeverParsesTask(DigitTask):
+    """Every answer is a format error with the same reward: no learning signal."""
+
+    def verify(self, problem: Problem, text: str) -> Verdict:
+        return Verdict(False, -3.0, UNPARSEABLE, "no answer was found", format_ok=False)
+
+
+def first_token_prob(folder, chars: str) -> float:
+    """Probability that the model's first answer character is one of `chars` (temperature 1)."""
+    from rlheal.models.checkpoint import load_model
+
+    model, tokenizer = load_model(folder)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say a digit."}],
+                                           add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+    return float(sum(probs[tokenizer.convert_tokens_to_ids(c)] for c in chars))
+
+
+TOY = dict(task="digit", episodes_per_update=32, max_attempts=2, max_new_tokens=3, temperature=1.0, lr=1e-2,
+           minibatch_size=16, epochs=4, seed=0)
+
+
+def test_config_rejects_invalid_values_naming_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="gamma"):
+        PPOConfig(gamma=1.5)
+    with pytest.raises(ValidationError, match="clip"):
+        PPOConfig(clip=0)
+    with pytest.raises(ValidationError, match="episodes_per_update"):
+        PPOConfig(episodes_per_update=0)
+    with pytest.raises(ValidationError, match="kl_coef > 0 needs track_kl"):
+        PPOConfig(kl_coef=0.1, track_kl=False)
+    with pytest.raises(ValidationError, match="extra"):
+        PPOConfig(gama=0.9)
+
+
+def test_flatten_episodes_marks_each_episode_end(echo_task):
+    played = []
+    for index, texts in enumerate([["x", "1"], ["2", "3", "4"]]):
+        episode = echo_task.new_episode(echo_task.problem("id", 0, index), max_attempts=3)
+        pe = PlayedEpisode(episode)
+        for text in texts:
+            echo_task.step(episode, text)
+            pe.generations.append(Generation(text, prompt_ids=[1, 2], completion_ids=[3]))
+        played.append(pe)
+    steps = flatten_episodes(played)
+    assert steps.dones == [False, True, False, False, True]
+    assert steps.rewards == [-3.0, -1.0, -1.0, -1.0, -1.0]
+    assert steps.format_ok == [False, True, True, True, True]
+    assert (steps.n_episodes, steps.n_solved) == (2, 0)
+
+
+def test_flatten_episodes_needs_token_ids(echo_task):
+    episode = echo_task.new_episode(echo_task.problem("id", 0, 0), max_attempts=1)
+    echo_task.step(episode, "1")
+    with pytest.raises(ValueError, match="no token ids"):
+        flatten_episodes([PlayedEpisode(episode, [Generation("1")])])
+
+
+@pytest.mark.slow
+def test_ppo_raises_the_reward_of_the_favoured_answers(tmp_path, make_tiny_checkpoint):
+    start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
+    digits_before = first_token_prob(start, "0123456789")
+    with Store(tmp_path) as store:
+        result = train_ppo(start, tmp_path / "rl", PPOConfig(**TOY, updates=4, save_every=2), store=store,
+                           task=DigitTask(), show_progress=False)
+        rows = store.rows(RL_UPDATES)
+    assert [r["update"] for r in rows] == list(range(1, 5))
+    assert not any(r["no_signal"] for r in rows)
+    digits_after = first_token_prob(result.checkpoints[-1], "0123456789")
+    assert digits_after > digits_before + 0.3
+    first, last = rows[0], rows[-1]
+    assert last["mean_reward"] > first["mean_reward"]
+    for row in rows:  # every logged number is finite, the histogram counts every step
+        for key in ("mean_reward", "success_rate", "kl", "value_loss", "policy_loss", "clip_frac", "entropy",
+                    "adv_mean", "adv_std", "adv_skew"):
+            assert math.isfinite(row[key]), key
+        assert sum(row["adv_hist"]["counts"]) == row["n_steps"]
+        assert row["n_episodes"] == 32 and 32 <= row["n_steps"] <= 64
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first rollout's policy is the start
+    assert rows[-1]["kl"] > 0
+
+
+@pytest.mark.slow
+def test_checkpoints_load_evaluate_and_resume(tmp_path, make_tiny_checkpoint):
+    from rlheal.evaluate import EVALS, evaluate
+    from rlheal.models.checkpoint import load_model, read_manifest
+    from rlheal.train.value_head import VALUE_HEAD_FILE
+
+    start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
+    out = tmp_path / "rl"
+    config = PPOConfig(**{**TOY, "episodes_per_update": 8}, updates=2, save_every=1)
+    result = train_ppo(start, out, config, task=DigitTask(), show_progress=False)
+    assert [p.name for p in result.checkpoints] == ["step-000001", "step-000002"]
+    manifest = read_manifest(result.checkpoints[-1])
+    assert (manifest.stage, manifest.step, manifest.parent) == ("rl", 2, str(start.resolve()))
+    assert manifest.extra["algo"] == "ppo" and (result.checkpoints[-1] / VALUE_HEAD_FILE).exists()
+    load_model(result.checkpoints[-1])  # plain transformers folder
+
+    with Store(tmp_path) as store:
+        rows = evaluate(store, result.checkpoints, [DigitTask()], episodes=4, show_progress=False,
+                        decoding=Decoding(max_new_tokens=3))
+        assert {r["stage"] for r in rows} == {"rl"} and len(store.rows(EVALS)) == 4
+
+    again = train_ppo(start, out, config, task=DigitTask(), show_progress=False)
+    assert again.rows == []  # already done
+    more = train_ppo(start, out, config.model_copy(update={"updates": 3}), task=DigitTask(), show_progress=False)
+    assert [r["update"] for r in more.rows] == [3]
+
+
+@pytest.mark.slow
+def test_no_learning_signal_is_reported_not_trained(tmp_path, make_tiny_checkpoint):
+    from safetensors.torch import load_file
+
+    start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
+    result = train_ppo(start, tmp_path / "rl", PPOConfig(**{**TOY, "episodes_per_update": 8}, updates=2),
+                       task=NeverParsesTask(), show_progress=False)
+    assert result.no_signal
+    row = result.rows[-1]
+    assert row["no_signal"] and row["format_rate"] == 0.0 and row["mean_reward"] == -3.0
+    assert row["policy_loss"] is None and row["clip_frac"] is None
+    assert math.isfinite(row["adv_mean"]) and math.isfinite(row["adv_skew"])
+    before, after = load_file(start / "model.safetensors"), load_file(result.checkpoints[-1] / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no optimiser step was taken
+
+
+def test_sweep_rejects_unknown_algorithms_and_missing_starts(tmp_path, make_tiny_checkpoint):
+    from pydantic import ValidationError
+
+    from rlheal.train.sweep import SweepError, make_config, select_starts
+
+    with pytest.raises(SweepError, match="unknown RL algorithm 'dpo'; valid: ppo, grpo"):
+        make_config("dpo")
+    with pytest.raises(ValidationError, match="lam"):
+        make_config("ppo", {"lam": -1})
+    make_tiny_checkpoint(tmp_path / "sft" / "step-000040", step=40)
+    make_tiny_checkpoint(tmp_path / "sft" / "step-000080", step=80)
+    assert [p.name for p in select_starts(tmp_path / "sft", [80])] == ["step-000080"]
+    with pytest.raises(SweepError, match="no checkpoint of step 60 .* available steps: 40, 80"):
+        select_starts(tmp_path / "sft", [40, 60])
+
+
+@pytest.mark.slow
+def test_sweep_trains_evaluates_and_resumes_each_start(tmp_path, make_tiny_checkpoint):
+    from rlheal.train.sweep import rl_folder, run_sweep
+
+    starts = [make_tiny_checkpoint(tmp_path / "sft" / f"step-{s:06d}", step=s, seed=s) for s in (40, 80)]
+    options = dict(algo="ppo", overrides={**TOY, "episodes_per_update": 4, "max_attempts": 1, "updates": 1},
+                   eval_episodes=2, eval_decoding=Decoding(max_new_tokens=3), task=DigitTask(),
+                   show_progress=False)
+    summary = run_sweep(tmp_path / "sft", tmp_path, steps=[40], **options)
+    assert [(r["start_step"], r["algo"], r["rl_step"]) for r in summary] == [(40, "ppo", 1)]
+    assert all(r[k] is not None for r in summary for k in ("id_before", "id_after", "ood_before", "ood_after"))
+    done = rl_folder(tmp_path, starts[0], "ppo") / "step-000001"
+    stamp = done.stat().st_mtime_ns
+    summary = run_sweep(tmp_path / "sft", tmp_path, steps=[40, 80], **options)  # 40 is done: only 80 runs
+    assert [r["start_step"] for r in summary] == [40, 80]
+    assert done.stat().st_mtime_ns == stamp
+    assert rl_folder(tmp_path, starts[1], "ppo").name == "sft-80-ppo"
