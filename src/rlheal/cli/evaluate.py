@@ -1,7 +1,143 @@
-"""Placeholder: this room's commands are being built (see the open issues)."""
+"""`rlheal eval` (evaluate checkpoints into a run's results store) and `rlheal results` (print its rows)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
+STORE_HELP = ("run folder whose results.sqlite receives the rows; default: the nearest folder at or above the "
+              "first path that already holds one, else the first path (a folder of checkpoints) or its parent")
+TABLE_COLUMNS = ("label", "stage", "step", "task", "split", "success_rate", "ci_low", "ci_high", "n_episodes",
+                 "format_error_rate", "mean_attempts", "first_attempt_acc", "eval_set")
+_STAGE_ORDER = ("base", "sft", "rl", "edit", "external")
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def default_store_folder(first: Path) -> Path:
+    """Where `rlheal eval` writes when --store is not given (see STORE_HELP)."""
+    from rlheal.store import STORE_FILENAME
+
+    first = first.resolve()
+    for folder in (first, *first.parents):
+        if (folder / STORE_FILENAME).exists():
+            return folder
+    return first.parent if (first / "config.json").exists() else first
+
+
+def eval_command(
+    checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint folders, or folders of checkpoints "
+                                                      "(e.g. a trainer's output with checkpoint-*/ sub-folders)")],
+    tasks: Annotated[str, typer.Option(help="comma-separated task names")] = "gp24",
+    splits: Annotated[str, typer.Option(help="comma-separated splits")] = "id,ood",
+    episodes: Annotated[int, typer.Option(help="episodes per (task, split): problems 0..N-1 of the eval set")] = 500,
+    store: Annotated[Path | None, typer.Option(help=STORE_HELP)] = None,
+    seed: Annotated[int, typer.Option(help="eval-set seed (problems use seed 10000+S), also the sampling seed")] = 0,
+    profile: Annotated[str, typer.Option(help="prompt profile: compact or paper")] = "compact",
+    batch_size: Annotated[int, typer.Option(help="chats per generate call")] = 16,
+    max_attempts: Annotated[int | None, typer.Option(help="attempts per episode (default: the task's)")] = None,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling threshold (when temperature > 0)")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens per attempt")] = 256,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's); on a busy "
+                                                "machine 1 is often fastest")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Evaluate checkpoints on ID/OOD splits; combinations already in the store are skipped."""
+    from rlheal.evaluate import EvalConfigError, evaluate
+    from rlheal.models.checkpoint import CheckpointError, find_checkpoints
+    from rlheal.rollout import Decoding, RolloutError
+    from rlheal.store import Store, StoreError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        decoding = Decoding(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        folders = find_checkpoints(list(checkpoints))
+        with Store(store or default_store_folder(checkpoints[0])) as results:
+            rows = evaluate(results, folders, _split_list(tasks), _split_list(splits), episodes=episodes,
+                            seed=seed, profile=profile, decoding=decoding, batch_size=batch_size,
+                            max_attempts=max_attempts, show_progress=not quiet)
+            typer.echo(f"results store: {results.path}", err=True)
+    except (CheckpointError, StoreError, RolloutError, EvalConfigError, ValueError) as exc:
+        _fail(str(exc))
+    _print_table(rows)
+
+
+def results_command(
+    run: Annotated[Path, typer.Argument(help="run folder holding results.sqlite (or the .sqlite file)")],
+    output: Annotated[Format, typer.Option("--format", help="table, json or csv")] = Format.table,
+) -> None:
+    """Print every evaluation row of a run's results store."""
+    from rlheal.evaluate import EVALS
+    from rlheal.store import STORE_FILENAME, Store, StoreError
+
+    path = run if run.suffix == ".sqlite" else run / STORE_FILENAME
+    if not path.is_file():
+        _fail(f"no results store at {path}: evaluate into it first (`rlheal eval CHECKPOINTS --store {run}`)")
+    try:
+        with Store(path) as results:
+            rows = sorted(results.rows(EVALS), key=_row_order)
+    except StoreError as exc:
+        _fail(str(exc))
+    if output is Format.json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif output is Format.csv:
+        typer.echo(rows_to_csv(rows), nl=False)
+    else:
+        _print_table(rows)
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text with one line per row; json columns are written as JSON strings."""
+    from rlheal.evaluate import EVALS
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(EVALS.columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _row_order(row: dict[str, Any]) -> tuple:
+    stage = _STAGE_ORDER.index(row["stage"]) if row["stage"] in _STAGE_ORDER else len(_STAGE_ORDER)
+    return (stage, row["parent"] or "", row["step"], row["checkpoint"], row["task"], row["split"], row["eval_set"])
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*TABLE_COLUMNS, title=f"{len(rows)} evaluation rows")
+    for row in rows:
+        table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in TABLE_COLUMNS))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes get whole rows
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this room's commands to `app`."""
+    """Add this room's commands to `app`: `eval` and `results`."""
+    app.command("eval")(eval_command)
+    app.command("results")(results_command)

@@ -5,35 +5,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlheal.store import Store, StoreError, Table
+from rlheal.store import Store, StoreError
 
-# The columns of the `evals` table (filled by rlheal.evaluate, see docs/CONTRACTS.md) read here.
-_EVALS_READ = Table(
-    name="evals",
-    columns={"checkpoint": "str", "stage": "str", "step": "int", "task": "str", "split": "str",
-             "eval_set": "str", "success_rate": "float"},
-    key=("checkpoint", "task", "split", "eval_set"),
-)
 NAMED_REFERENCES = ("base", "ood-peak", "previous")
 
 
 def ood_peak_checkpoint(run: str | Path, task: str | None = None) -> Path:
-    """The `stage='sft'` checkpoint with the highest OOD `success_rate` in RUN's store (ties: earliest step).
+    """The OOD-peak SFT checkpoint of RUN's store (`rlheal.evaluate.ood_peak`).
 
     With evaluations of several tasks in the store, `task` must say which one to use.
     """
+    from rlheal.evaluate import EVALS, ood_peak
+
     with Store(run) as store:
         if "evals" not in store.tables():
             raise StoreError(f"{store.path} has no evals table: evaluate the SFT checkpoints first "
                              "(rlheal eval) or give the reference checkpoint as a path")
-        rows = [r for r in store.rows(_EVALS_READ, stage="sft", split="ood") if task is None or r["task"] == task]
-    if not rows:
+        tasks = sorted({r["task"] for r in store.rows(EVALS, stage="sft", split="ood")})
+        if task is None and len(tasks) > 1:
+            raise StoreError(f"{store.path} holds OOD evaluations of several tasks {tasks}: choose one with --task")
+        best = ood_peak(store, task or (tasks[0] if tasks else ""))
+    if best is None:
         raise StoreError(f"{store.path} holds no OOD evaluation of an SFT checkpoint"
                          + (f" for task {task!r}" if task else "") + ": evaluate them first or give a path")
-    tasks = sorted({r["task"] for r in rows})
-    if len(tasks) > 1:
-        raise StoreError(f"{store.path} holds OOD evaluations of several tasks {tasks}: choose one with --task")
-    best = min(rows, key=lambda r: (-r["success_rate"], r["step"], r["checkpoint"]))
     return Path(best["checkpoint"])
 
 
