@@ -1,0 +1,3 @@
+from rlheal.cli import main
+
+main()

@@ -1,0 +1,299 @@
+"""Evaluation and spectral analysis split across processes (`torchrun` / `accelerate launch`), gathered on all.
+
+Each process plays its contiguous share of the episodes of every (checkpoint, task, split), or analyses its
+share of the decoder layers; results travel between processes as JSON text in byte tensors (no pickle) and
+rank 0 writes the results store. With greedy decoding the gathered rows equal those of one process
+(`rlheal.evaluate.evaluate`, `rlheal.spectral.run_spectrum`): rank 0 replays the gathered completions through
+`evaluate` itself, so every metric and column is computed by the same code. Sampled decoding is reproducible
+for a given number of processes but differs from one process (each process samples its own batches).
+
+A single process (no process group, WORLD_SIZE unset or 1) runs everything itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rlheal.evaluate import EVALS, EvalConfigError, LoadBackend, eval_problems, evaluate
+from rlheal.rollout import Decoding, Generation, Messages, play
+from rlheal.store import Store
+from rlheal.tasks.base import SPLITS, Task
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Process group
+# --------------------------------------------------------------------------------------------------------------
+def ensure_process_group() -> tuple[int, int]:
+    """(rank, world size); initialises torch.distributed from the launcher's environment when WORLD_SIZE > 1
+    and no group exists yet (gloo on CPU, nccl on CUDA). Single process: (0, 1)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(items: Sequence[T], rank: int, world: int, *, strided: bool = False) -> list[T]:
+    """This rank's share of `items`: contiguous blocks whose sizes differ by at most one (the first
+    `len % world` ranks take one more), or every `world`-th item from `rank` when `strided`.
+    Concatenating the contiguous shards of ranks 0..world-1 gives `items` back in order."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world} processes")
+    if strided:
+        return list(items[rank::world])
+    base, extra = divmod(len(items), world)
+    start = rank * base + min(rank, extra)
+    return list(items[start:start + base + (rank < extra)])
+
+
+def gather_json(value: Any) -> list[Any]:
+    """Every rank's `value` (JSON-serialisable), in rank order, on every rank. Single process: [value].
+
+    The values travel as UTF-8 JSON in uint8 tensors (padded to the longest), never pickled.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [json.loads(json.dumps(value))]
+    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+              else torch.device("cpu"))
+    data = json.dumps(value).encode()
+    world = dist.get_world_size()
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    width = max(int(s) for s in sizes)
+    mine = torch.zeros(width, dtype=torch.uint8, device=device)
+    mine[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if data else mine[:0]
+    parts = [torch.empty(width, dtype=torch.uint8, device=device) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return [json.loads(bytes(p[: int(n)].cpu().tolist())) for p, n in zip(parts, sizes, strict=True)]
+
+
+def gather_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of all ranks concatenated in rank order, on every rank (single process: the rows)."""
+    return [row for part in gather_json(list(rows)) for row in part]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------
+class ReplayBackend:
+    """A backend that answers each chat with the completion recorded for it (in recorded order), and says a
+    chat does not fit where the recording stopped for context: rank 0 replays the gathered episodes."""
+
+    def __init__(self, name: str = "replay") -> None:
+        self.name = name
+        self._answers: dict[str, deque[str]] = defaultdict(deque)
+        self._no_room: set[str] = set()
+
+    @staticmethod
+    def _key(messages: Messages) -> str:
+        return json.dumps([[m["role"], m["content"]] for m in messages])
+
+    def record(self, turns: Sequence[Sequence[str]], stopped: bool) -> None:
+        """Add one played episode: its turns as [role, content] pairs, and whether it stopped for context."""
+        chat: Messages = []
+        for role, content in turns:
+            if role == "assistant":
+                self._answers[self._key(chat)].append(content)
+            chat.append({"role": role, "content": content})
+        if stopped:
+            self._no_room.add(self._key(chat))
+
+    def generate(self, batch: Sequence[Messages], *, max_new_tokens: int, temperature: float, seed: int,
+                 top_p: float = 1.0) -> list[Generation]:
+        out = []
+        for messages in batch:
+            queue = self._answers.get(self._key(messages))
+            if not queue:
+                raise RuntimeError(f"{self.name}: no recorded completion for a chat; the processes did not play "
+                                   "the same episodes (same rlheal version and eval settings on every rank?)")
+            out.append(Generation(queue.popleft()))
+        return out
+
+    def fits(self, batch: Sequence[Messages], *, max_new_tokens: int) -> list[bool]:
+        return [self._key(m) not in self._no_room for m in batch]
+
+
+def distributed_evaluate(
+    store: str | Path | Store,
+    checkpoints: Sequence[str | Path],
+    tasks: Sequence[str | Task],
+    splits: Sequence[str] = SPLITS,
+    *,
+    episodes: int = 500,
+    seed: int = 0,
+    profile: str = "compact",
+    decoding: Decoding = Decoding(),  # noqa: B008 - frozen dataclass, safe as a default
+    batch_size: int = 16,
+    max_attempts: int | None = None,
+    load_backend: LoadBackend | None = None,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """`rlheal.evaluate.evaluate` with the episodes of each (checkpoint, task, split) split across processes.
+
+    Every rank loads each checkpoint that has missing rows (rank 0 decides which, from its store) with
+    `load_backend` (default: `hf_backend_loader(batch_size)`, on this rank's GPU under a launcher), plays its
+    shard of the eval set, and the episodes are gathered; rank 0 turns them into rows with `evaluate` (one
+    store, written by rank 0 only). Returns the rows of all combinations on every rank. Call it on every rank.
+    """
+    from rlheal.evaluate import eval_set_id, hf_backend_loader
+    from rlheal.models.checkpoint import check_checkpoint
+    from rlheal.tasks import get_task
+
+    rank, world = ensure_process_group()
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise EvalConfigError(f"splits {list(splits)}: each must be one of {', '.join(SPLITS)}")
+    try:
+        task_objs = [t if isinstance(t, Task) else get_task(t, profile) for t in tasks]
+    except (KeyError, ValueError) as exc:
+        raise EvalConfigError(f"tasks {list(tasks)}: {exc}") from exc
+    folders = [check_checkpoint(Path(c)).resolve() for c in checkpoints]
+    db = None
+    if rank == 0:
+        db = store if isinstance(store, Store) else Store(store)
+
+    plan = []
+    for folder in folders:
+        for task in task_objs:
+            attempts = task.default_max_attempts if max_attempts is None else max_attempts
+            eval_set = eval_set_id(seed=seed, episodes=episodes, max_attempts=attempts, profile=task.profile,
+                                   decoding=decoding)
+            plan.extend((str(folder), task.name, split, eval_set) for split in splits)
+    missing = [list(c) for c in plan if db is not None and not db.has(
+        EVALS, checkpoint=c[0], task=c[1], split=c[2], eval_set=c[3])]
+    todo = [tuple(c) for c in gather_json(missing)[0]]  # rank 0's view decides
+
+    by_name = {t.name: t for t in task_objs}
+    load_backend = load_backend or _rank_device_loader(batch_size, hf_backend_loader)
+    played_here: list[dict[str, Any]] = []
+    with _progress(show_progress and rank == 0, len(todo)) as advance:
+        for folder in dict.fromkeys(c[0] for c in todo):
+            backend = load_backend(Path(folder))
+            for _, task_name, split, _ in (c for c in todo if c[0] == folder):
+                task = by_name[task_name]
+                problems = shard(eval_problems(task, split, seed=seed, episodes=episodes), rank, world)
+                for pe in play(task, problems, backend, max_attempts=max_attempts, decoding=decoding):
+                    played_here.append({"checkpoint": folder, "stopped": pe.stopped is not None,
+                                        "turns": [[t.role, t.content] for t in pe.episode.turns]})
+                advance(f"{Path(folder).name} {task_name}/{split}")
+            del backend  # free this model before the next one is loaded
+
+    everything = gather_rows(played_here)
+    rows: list[dict[str, Any]] = []
+    if db is not None:
+        replays: dict[str, ReplayBackend] = defaultdict(ReplayBackend)
+        for record in everything:
+            replays[record["checkpoint"]].record(record["turns"], record["stopped"])
+        rows = evaluate(db, folders, task_objs, splits, episodes=episodes, seed=seed, profile=profile,
+                        decoding=decoding, max_attempts=max_attempts, show_progress=show_progress,
+                        load_backend=lambda folder: replays[str(folder)])
+        if not isinstance(store, Store):
+            db.close()
+    return gather_json(rows)[0]
+
+
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar over (checkpoint, task, split) combinations; yields `advance(description)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
+        task = bar.add_task("evaluating (rank 0's share)", total=total)
+        yield lambda description: bar.update(task, advance=1, description=description)
+
+
+def _rank_device_loader(batch_size: int, hf_backend_loader: Callable[..., LoadBackend]) -> LoadBackend:
+    """The default loader on this process's device: cuda:LOCAL_RANK when CUDA is available, else CPU."""
+    import torch
+
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    return hf_backend_loader(batch_size, device=device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Spectral analysis
+# --------------------------------------------------------------------------------------------------------------
+def distributed_spectrum(
+    pairs: Sequence[tuple[str | Path, str | Path]],
+    ks: Sequence[int | float] = (0.2,),
+    modules: str | Sequence[str] | None = None,
+    layers: set[int] | None = None,
+    *,
+    method: str = "gram64",
+    device: str | None = "auto",
+    cache: Any = None,
+    store: str | Path | Store | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`rlheal.spectral.run_spectrum` with the decoder layers split across processes (contiguous shares;
+    embeddings/head, which belong to no layer, on rank 0). Returns (rows, sigma rows) of all ranks in
+    the single-process order, on every rank; rank 0 writes them to `store` when given. Call it on every rank.
+    """
+    from rlheal.spectral import SPECTRAL, SPECTRAL_SIGMA, run_spectrum
+    from rlheal.spectral.metrics import k_label
+    from rlheal.spectral.weights import DECODER_MODULES, CheckpointWeights, parse_modules
+
+    rank, world = ensure_process_group()
+    chosen = parse_modules(modules)
+    refs = [CheckpointWeights(ref) for ref, _ in pairs]
+    order = {}  # (reference, target, tensor) -> position in the single-process order
+    all_layers: set[int] = set()
+    for index, ((_, target), ref) in enumerate(zip(pairs, refs, strict=True)):
+        for position, info in enumerate(ref.select(chosen, layers)):
+            order[(str(ref.folder), str(Path(target).resolve()), info.name)] = (index, position)
+            if info.layer is not None:
+                all_layers.add(info.layer)
+    my_layers = set(shard(sorted(all_layers), rank, world))
+    my_modules = chosen if rank == 0 else tuple(m for m in chosen if m in DECODER_MODULES)
+    has_work = my_modules and any(ref.select(my_modules, my_layers) for ref in refs)
+    rows, sigma_rows = (run_spectrum(pairs, ks, my_modules, my_layers, method, device, cache,
+                                     progress=progress and rank == 0) if has_work else ([], []))
+
+    k_position = {k_label(k): i for i, k in enumerate(ks)}
+
+    def canonical(table_rows: list[dict[str, Any]], with_k: bool) -> list[dict[str, Any]]:
+        unique = {}
+        for row in table_rows:
+            key = (row["reference"], row["target"], row["tensor"], row.get("k_label"))
+            unique.setdefault(key, row)
+        return sorted(unique.values(), key=lambda r: (
+            order[(r["reference"], r["target"], r["tensor"])], k_position[r["k_label"]] if with_k else 0))
+
+    rows, sigma_rows = canonical(gather_rows(rows), True), canonical(gather_rows(sigma_rows), False)
+    if rank == 0 and store is not None:
+        db = store if isinstance(store, Store) else Store(store)
+        with db.transaction():
+            db.put(SPECTRAL, rows)
+            db.put(SPECTRAL_SIGMA, sigma_rows)
+        if not isinstance(store, Store):
+            db.close()
+    barrier()
+    return rows, sigma_rows

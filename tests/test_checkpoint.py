@@ -1,0 +1,78 @@
+"""Checkpoint folders: discovery, manifests, whole-folder checks with clear errors, atomic save + load."""
+
+import json
+
+import pytest
+
+from rlheal.models.checkpoint import (
+    CheckpointError,
+    Manifest,
+    check_checkpoint,
+    find_checkpoints,
+    load_model,
+    read_manifest,
+    save_model,
+    write_manifest,
+)
+
+
+def test_external_folders_get_their_step_from_the_name(tmp_path):
+    for name, step in (("checkpoint-120", 120), ("global_step_7", 7), ("step-000040", 40), ("final", 0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        m = read_manifest(folder)
+        assert (m.stage, m.step) == ("external", step)
+
+
+def test_manifest_round_trip_and_label(tmp_path):
+    write_manifest(tmp_path, Manifest(stage="edit", step=3, parent="/p", extra={"name": "edit-vectors-top0.2"}))
+    m = read_manifest(tmp_path)
+    assert (m.stage, m.step, m.parent, m.label) == ("edit", 3, "/p", "edit-vectors-top0.2")
+    assert Manifest(stage="sft", step=40).label == "sft-40"
+    (tmp_path / "rlheal_manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a valid rlheal manifest"):
+        read_manifest(tmp_path)
+
+
+def test_incomplete_folders_are_named_with_what_to_do(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        check_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        check_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": ')
+    with pytest.raises(CheckpointError, match="corrupt"):
+        check_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="convert them to safetensors"):
+        check_checkpoint(tmp_path)
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointError, match="model-00002-of-00002"):
+        check_checkpoint(tmp_path)
+
+
+def test_find_checkpoints_orders_by_step(tmp_path, make_tiny_checkpoint):
+    for step in (100, 20, 3):
+        make_tiny_checkpoint(tmp_path / f"checkpoint-{step}", step=step, stage="external")
+    (tmp_path / "not-a-checkpoint").mkdir()
+    found = find_checkpoints([tmp_path])
+    assert [p.name for p in found] == ["checkpoint-3", "checkpoint-20", "checkpoint-100"]
+    assert find_checkpoints([found[0]]) == [found[0]]
+    with pytest.raises(CheckpointError, match="neither a checkpoint"):
+        find_checkpoints([tmp_path / "not-a-checkpoint"])
+
+
+def test_save_is_atomic_and_loads_back(tmp_path, tiny_checkpoint):
+    import torch
+
+    model, tokenizer = load_model(tiny_checkpoint)
+    out = save_model(model, tokenizer, tmp_path / "copy", Manifest(stage="sft", step=5, seed=1))
+    again, _ = load_model(out)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert read_manifest(out).step == 5
+    with pytest.raises(FileExistsError):
+        save_model(model, tokenizer, out, Manifest(stage="sft", step=6))
+    assert read_manifest(out).step == 5  # the refused save left the folder alone
