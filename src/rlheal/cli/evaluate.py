@@ -58,7 +58,13 @@ def eval_command(
                                                 "machine 1 is often fastest")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Evaluate checkpoints on ID/OOD splits; combinations already in the store are skipped."""
+    """Evaluate checkpoints on ID/OOD splits; combinations already in the store are skipped.
+
+    Under a launcher (`torchrun`/`accelerate launch`, WORLD_SIZE > 1) the episodes are split across the
+    processes and rank 0 writes the store."""
+    import os
+
+    from rlheal.distributed import distributed_evaluate
     from rlheal.evaluate import EvalConfigError, evaluate
     from rlheal.models.checkpoint import CheckpointError, find_checkpoints
     from rlheal.rollout import Decoding, RolloutError
@@ -71,8 +77,9 @@ def eval_command(
     try:
         decoding = Decoding(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         folders = find_checkpoints(list(checkpoints))
+        run_eval = distributed_evaluate if int(os.environ.get("WORLD_SIZE", "1")) > 1 else evaluate
         with Store(store or default_store_folder(checkpoints[0])) as results:
-            rows = evaluate(results, folders, _split_list(tasks), _split_list(splits), episodes=episodes,
+            rows = run_eval(results, folders, _split_list(tasks), _split_list(splits), episodes=episodes,
                             seed=seed, profile=profile, decoding=decoding, batch_size=batch_size,
                             max_attempts=max_attempts, show_progress=not quiet)
             typer.echo(f"results store: {results.path}", err=True)
@@ -88,6 +95,7 @@ def results_command(
     """Print every evaluation row of a run's results store."""
     from rlheal.evaluate import EVALS
     from rlheal.store import STORE_FILENAME, Store, StoreError
+    from rlheal.train.sweep import rl_summary
 
     path = run if run.suffix == ".sqlite" else run / STORE_FILENAME
     if not path.is_file():
@@ -95,6 +103,7 @@ def results_command(
     try:
         with Store(path) as results:
             rows = sorted(results.rows(EVALS), key=_row_order)
+            rl_rows = rl_summary(results) if any(r["stage"] == "rl" for r in rows) else []
     except StoreError as exc:
         _fail(str(exc))
     if output is Format.json:
@@ -103,6 +112,8 @@ def results_command(
         typer.echo(rows_to_csv(rows), nl=False)
     else:
         _print_table(rows)
+        if rl_rows:
+            _print_rl_table(rl_rows)
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
@@ -130,6 +141,24 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in TABLE_COLUMNS))
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes get whole rows
+
+
+def _print_rl_table(rows: list[dict[str, Any]]) -> None:
+    """Per RL start: ID and OOD success before RL (the start) and after (its last RL checkpoint)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    table = Table("task", "algo", "start", "start step", "RL step", "ID before", "ID after", "OOD before",
+                  "OOD after", "OOD gain", title="RL from each start: success (%) before → after")
+    for r in rows:
+        gain = (None if r["ood_after"] is None or r["ood_before"] is None else r["ood_after"] - r["ood_before"])
+        table.add_row(r["task"], r["algo"], r["start_label"], str(r["start_step"]), str(r["rl_step"]),
+                      pct(r["id_before"]), pct(r["id_after"]), pct(r["ood_before"]), pct(r["ood_after"]),
+                      "-" if gain is None else f"{100 * gain:+.1f}")
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _fail(message: str) -> NoReturn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -90,8 +91,16 @@ def spectrum(
     try:
         targets = find_checkpoints(list(checkpoints))
         pairs = reference_pairs(ref, targets, store, task)
-        rows, sigma_rows = run_spectrum(pairs, _parse_sizes(k), modules, parse_layers(layers), method, device,
-                                        DecompositionCache(cache))
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun/accelerate: layers split over ranks
+            from rlheal.distributed import distributed_spectrum
+
+            rows, sigma_rows = distributed_spectrum(pairs, _parse_sizes(k), modules, parse_layers(layers),
+                                                    method=method, device=device, cache=DecompositionCache(cache))
+            if int(os.environ.get("RANK", "0")) != 0:
+                return
+        else:
+            rows, sigma_rows = run_spectrum(pairs, _parse_sizes(k), modules, parse_layers(layers), method, device,
+                                            DecompositionCache(cache))
     except (CheckpointError, SpectralError, WeightsError, StoreError) as exc:
         raise _fail(exc) from exc
     if out is not None:
