@@ -147,7 +147,8 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
             if path.is_file() and path.suffix != ".safetensors" and path.name != MANIFEST:
                 shutil.copy2(path, tmp / path.name)
         parent = read_manifest(tgt_w.folder)
-        extra: dict[str, Any] = {"mode": mode, "reference": str(ref_w.folder), "top": top, "tail": tail,
+        what = (f"first{len(layers)}" if mode == "layers" and layers else f"top{top:g}" + (f"-tail{tail:g}" if tail else ""))
+        extra: dict[str, Any] = {"name": f"edit-{mode}-{what}", "mode": mode, "reference": str(ref_w.folder), "top": top, "tail": tail,
                                  "modules": modules, "layers": sorted(layers) if layers else None,
                                  "method": method, "edited_tensors": len(names),
                                  "whole_rank_tensors": whole_rank, "target_manifest": asdict(parent)}

@@ -188,7 +188,8 @@ def train_grpo(
             if (update % config.save_every == 0 or update == config.updates) and args.process_index == 0:
                 manifest = Manifest(stage="rl", step=update, parent=str(start), seed=config.seed,
                                     config_hash=config_hash,
-                                    extra={"algo": "grpo", "task": task.name, "config": config.model_dump()})
+                                    extra={"name": f"{read_manifest(start).label}+grpo-{update}", "algo": "grpo",
+                                               "task": task.name, "config": config.model_dump()})
                 unwrapped = trainer.accelerator.unwrap_model(trainer.model)
                 save_model(unwrapped, tokenizer, out / STEP_FOLDER.format(update), manifest, overwrite=True)
 

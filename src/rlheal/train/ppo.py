@@ -270,7 +270,7 @@ def train_ppo(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rlheal.models.checkpoint import Manifest, check_checkpoint, load_model, save_model
+    from rlheal.models.checkpoint import Manifest, check_checkpoint, load_model, read_manifest, save_model
     from rlheal.provenance import stable_hash
     from rlheal.rollout import Decoding, HFBackend, play
     from rlheal.tasks.base import Task
@@ -410,7 +410,8 @@ def train_ppo(
                     folder = out / STEP_FOLDER.format(update)
                     manifest = Manifest(stage="rl", step=update, parent=str(start), seed=config.seed,
                                         config_hash=config_hash,
-                                        extra={"algo": "ppo", "task": task.name, "config": config.model_dump()})
+                                        extra={"name": f"{read_manifest(start).label}+ppo-{update}", "algo": "ppo",
+                                               "task": task.name, "config": config.model_dump()})
                     save_model(policy.model, tokenizer, folder, manifest, overwrite=True)
                     save_value_head(policy.head, folder)
             accelerator.wait_for_everyone()

@@ -1,0 +1,202 @@
+"""The study config: one YAML file, validated with pydantic before any work starts.
+
+`model`, `tasks` and `profile` are stated once at the top and passed down to the SFT and RL sections.
+Every problem in a file is reported at once, each with the path of the offending field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlheal.provenance import stable_hash
+from rlheal.tasks import TASK_NAMES
+from rlheal.tasks.base import PROFILES, SPLITS
+from rlheal.train.grpo import GRPOConfig
+from rlheal.train.ppo import PPOConfig
+from rlheal.train.sft import SFTConfig
+
+MODULES = ("q", "k", "v", "o", "gate", "up", "down", "embed", "head")
+
+
+class ConfigError(ValueError):
+    """An invalid study config; the message lists every problem with its field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EvalSection(_Section):
+    episodes: int = Field(300, ge=1, description="episodes per (checkpoint, task, split) eval set")
+    seed: int = Field(0, ge=0, description="eval-set seed (the frozen problems)")
+    batch_size: int = Field(256, ge=1, description="chats per generate call (small models: large is faster)")
+    max_new_tokens: int = Field(40, ge=1, description="longest attempt, in tokens")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    max_attempts: int | None = Field(None, ge=1, description="None = each task's default")
+
+
+class RLSection(_Section):
+    algo: Literal["ppo", "grpo"] = "ppo"
+    starts: Literal["auto"] | list[int] = Field(
+        "auto", description="SFT steps to start RL from; auto spreads them over the ID-success range, "
+        "always with the OOD peak and the last checkpoint")
+    n_starts: int = Field(3, ge=1, description="how many starts `auto` picks")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="settings when algo is ppo")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings when algo is grpo")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_is_set_at_the_top(cls, data: Any) -> Any:
+        for algo in ("ppo", "grpo"):
+            if isinstance(data, dict) and isinstance(data.get(algo), dict) and "task" in data[algo]:
+                raise ValueError(f"rl.{algo}.task: RL trains on each of the study's `tasks`; set them at the top level")
+        return data
+
+    def settings(self, task: str) -> dict[str, Any]:
+        """The chosen algorithm's settings for RL on `task`."""
+        return {**getattr(self, self.algo).model_dump(), "task": task}
+
+
+class SpectralSection(_Section):
+    references: list[Literal["base", "ood-peak"]] = Field(default_factory=lambda: ["base", "ood-peak"])
+    k: list[float] = Field(default_factory=lambda: [0.2], min_length=1,
+                           description="top/tail subspace sizes: a fraction of the rank (≤ 1) or a count (> 1)")
+    modules: list[str] = Field(default_factory=lambda: list(MODULES[:7]), min_length=1)
+    targets: Literal["sft", "sft+rl"] = "sft+rl"
+
+    @field_validator("modules")
+    @classmethod
+    def _known_modules(cls, value: list[str]) -> list[str]:
+        bad = [m for m in value if m not in MODULES]
+        if bad:
+            raise ValueError(f"unknown modules {bad}; valid: {', '.join(MODULES)}")
+        return value
+
+    @field_validator("k")
+    @classmethod
+    def _positive_k(cls, value: list[float]) -> list[float]:
+        if any(not k > 0 for k in value):
+            raise ValueError("every k must be > 0 (a fraction of the rank ≤ 1, or a count)")
+        return value
+
+
+class EditsSection(_Section):
+    modes: list[Literal["values", "vectors", "triplets", "layers"]] = Field(
+        default_factory=lambda: ["values", "vectors", "layers"])
+    top: float = Field(0.2, ge=0, description="top-k directions restored (fraction of the rank or count)")
+    tail: float = Field(0.0, ge=0, description="tail-k directions restored (fraction of the rank or count)")
+    layers: float = Field(0.25, gt=0, le=1, description="`layers` mode: restore this first share of decoder layers")
+
+
+class StudyConfig(_Section):
+    """The whole study: model → SFT → eval → RL → eval → spectrum → edits → eval → report."""
+
+    model: str = Field("builtin", description='"builtin" or a Hugging Face checkpoint folder')
+    tasks: list[str] = Field(default_factory=lambda: ["gp24"], min_length=1)
+    splits: list[str] = Field(default_factory=lambda: list(SPLITS), min_length=1)
+    profile: str = "compact"
+    seed: int = Field(0, ge=0)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rl: RLSection = Field(default_factory=RLSection)
+    spectral: SpectralSection = Field(default_factory=SpectralSection)
+    edits: EditsSection = Field(default_factory=EditsSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pass_down_shared_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        shared = {k: data[k] for k in ("model", "tasks", "profile", "seed") if k in data}
+        sft = data.get("sft", {})
+        if isinstance(sft, dict):
+            data["sft"] = {**shared, **sft}
+        rl = data.get("rl", {})
+        if isinstance(rl, dict):
+            passed = {k: v for k, v in shared.items() if k in ("profile", "seed")}
+            rl = dict(rl)
+            for algo in ("ppo", "grpo"):
+                if isinstance(rl.get(algo, {}), dict):
+                    rl[algo] = {**passed, **rl.get(algo, {})}
+            data["rl"] = rl
+        return data
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        bad = [t for t in value if t not in TASK_NAMES]
+        if bad:
+            raise ValueError(f"unknown tasks {bad}; valid: {', '.join(TASK_NAMES)}")
+        return value
+
+    @field_validator("splits")
+    @classmethod
+    def _known_splits(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if s not in SPLITS]
+        if bad:
+            raise ValueError(f"unknown splits {bad}; valid: {', '.join(SPLITS)}")
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"unknown profile {value!r}; valid: {', '.join(PROFILES)}")
+        return value
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes results; a run folder made by another fingerprint is refused."""
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the config:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {err['msg']}")
+    lines.append("Fix these fields (see configs/default.yaml for a complete example) and run again.")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> StudyConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of sections, found {type(data).__name__}")
+    try:
+        return StudyConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | Path | None = None) -> StudyConfig:
+    """Read and validate a YAML study config; None gives the built-in default (`configs/default.yaml`)."""
+    if path is None:
+        return StudyConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(data, source=str(path))
+
+
+def default_yaml() -> str:
+    """configs/default.yaml: the StudyConfig defaults, with the shared fields stated once at the top."""
+    data = StudyConfig().model_dump(mode="json")
+    for key in ("model", "tasks", "profile", "seed"):
+        data["sft"].pop(key, None)
+    for algo in ("ppo", "grpo"):
+        for key in ("profile", "seed", "task"):
+            data["rl"][algo].pop(key, None)
+    head = ("# The built-in study: `rlheal study` with no --config runs exactly this (a test keeps the two equal;\n"
+            "# regenerate with: python -c 'from rlheal.config import default_yaml; print(default_yaml(), end=\"\")'"
+            " > configs/default.yaml).\n")
+    return head + yaml.safe_dump(data, sort_keys=False)

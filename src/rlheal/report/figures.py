@@ -1,0 +1,222 @@
+"""The report's figures, each a pure function from stored rows to a matplotlib Figure (Agg backend)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from rlheal.report.findings import EditResult, RlStart, SftCurve  # noqa: E402
+
+Row = dict[str, Any]
+SPLIT_COLORS = {"id": "#1f77b4", "ood": "#d62728"}
+
+
+def _pct(values) -> np.ndarray:
+    return 100.0 * np.asarray(values, dtype=float)
+
+
+def sft_curves(evals: Sequence[Row], losses: Sequence[Row], curves: Sequence[SftCurve]) -> Figure:
+    """Per task: ID and OOD success vs SFT step with 95 % bands (top) and teacher-forced test loss (bottom)."""
+    tasks = sorted({r["task"] for r in evals if r["stage"] == "sft"})
+    fig, axes = plt.subplots(2, max(1, len(tasks)), figsize=(6.5 * max(1, len(tasks)), 7.5), squeeze=False,
+                             sharex="col", gridspec_kw={"height_ratios": [3, 2]})
+    peaks = {c.task: c.peak for c in curves}
+    for col, task in enumerate(tasks):
+        ax, lax = axes[0][col], axes[1][col]
+        for split, color in SPLIT_COLORS.items():
+            rows = sorted((r for r in evals if r["stage"] == "sft" and r["task"] == task and r["split"] == split),
+                          key=lambda r: r["step"])
+            if not rows:
+                continue
+            steps = [r["step"] for r in rows]
+            ax.plot(steps, _pct([r["success_rate"] for r in rows]), "o-", color=color, label=f"{split.upper()} success")
+            ax.fill_between(steps, _pct([r["ci_low"] for r in rows]), _pct([r["ci_high"] for r in rows]),
+                            color=color, alpha=0.18, label=f"{split.upper()} 95 % interval")
+            lrows = sorted((r for r in losses if r["task"] == task and r["split"] == split), key=lambda r: r["step"])
+            if lrows:
+                lax.plot([r["step"] for r in lrows], [r["loss"] for r in lrows], "s--", color=color,
+                         label=f"{split.upper()} test loss")
+        if task in peaks:
+            ax.axvline(peaks[task]["step"], color="grey", ls=":", lw=1.2, label="OOD peak")
+        ax.set_title(f"{task}: success during SFT")
+        ax.set_ylabel("episodes solved (%)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        lax.set_title(f"{task}: teacher-forced answer loss on held-out problems")
+        lax.set_xlabel("SFT step")
+        lax.set_ylabel("loss (nats/token)")
+        lax.grid(alpha=0.3)
+        if lax.get_legend_handles_labels()[0]:
+            lax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rl_recovery(starts: Sequence[RlStart], curves: Sequence[SftCurve]) -> Figure:
+    """Per task: OOD success at each RL start checkpoint, before and after RL, against the SFT peak."""
+    tasks = sorted({s.task for s in starts})
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.5 * max(1, len(tasks)), 4.5), squeeze=False)
+    peaks = {c.task: c.peak for c in curves}
+    for col, task in enumerate(tasks):
+        ax = axes[0][col]
+        mine = [s for s in starts if s.task == task]
+        x = np.arange(len(mine))
+        for offset, key, label, color in ((-0.17, "ood_before", "after SFT (RL start)", "#7f7f7f"),
+                                           (0.17, "ood_after", "after RL", "#2ca02c")):
+            rows = [getattr(s, key) for s in mine]
+            y = _pct([r["success_rate"] for r in rows])
+            err = np.vstack([y - _pct([r["ci_low"] for r in rows]), _pct([r["ci_high"] for r in rows]) - y])
+            ax.bar(x + offset, y, width=0.34, color=color, label=label, yerr=err, capsize=3)
+        if task in peaks:
+            ax.axhline(100 * peaks[task]["success_rate"], color="#d62728", ls="--",
+                       label=f"SFT OOD peak (step {peaks[task]['step']})")
+        ax.set_xticks(x, [str(s.start_step) for s in mine])
+        ax.set_xlabel("SFT checkpoint RL started from (step)")
+        ax.set_ylabel("OOD episodes solved (%)")
+        ax.set_title(f"{task}: does RL restore OOD success?")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rl_window(starts: Sequence[RlStart]) -> Figure:
+    """RL's OOD gain against the start checkpoint's ID success: where recovery works."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for task in sorted({s.task for s in starts}):
+        mine = [s for s in starts if s.task == task and s.id_before is not None]
+        xs = _pct([s.id_before["success_rate"] for s in mine])
+        gains = 100 * np.array([s.gain for s in mine])
+        ax.plot(xs, gains, "o-", label=task)
+        for s, x, g in zip(mine, xs, gains, strict=True):
+            ax.annotate(f"step {s.start_step}", (x, g), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("ID success of the start checkpoint (%)")
+    ax.set_ylabel("OOD success after RL − before (points)")
+    ax.set_title("The recovery window: RL gain vs how far SFT went")
+    ax.grid(alpha=0.3)
+    if starts:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def advantages(updates: Sequence[Row], labels: dict[str, str]) -> Figure:
+    """Pooled advantage histograms per RL start (all updates), with skewness in the legend."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    skews: dict[str, list[float]] = defaultdict(list)
+    for row in updates:
+        hist = row.get("adv_hist") or {}
+        if not hist.get("counts"):
+            continue
+        edges = np.asarray(hist["edges"], dtype=float)
+        pooled[row["start"]].append(((edges[:-1] + edges[1:]) / 2, np.asarray(hist["counts"], dtype=float)))
+        if row.get("adv_skew") is not None:
+            skews[row["start"]].append(row["adv_skew"])
+    for start, parts in sorted(pooled.items(), key=lambda kv: labels.get(kv[0], kv[0])):
+        mids = np.concatenate([m for m, _ in parts])
+        weights = np.concatenate([c for _, c in parts])
+        density, edges = np.histogram(mids, bins=30, weights=weights, density=True)
+        skew = float(np.mean(skews[start])) if skews[start] else float("nan")
+        ax.step(edges[:-1], density, where="post", label=f"{labels.get(start, start)} (mean skew {skew:+.2f})")
+    ax.set_xlabel("advantage (normalised)")
+    ax.set_ylabel("density")
+    ax.set_title("Advantage distributions per RL start")
+    ax.grid(alpha=0.3)
+    if pooled:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def edits(results: Sequence[EditResult]) -> Figure:
+    """OOD success of each edited checkpoint beside the unedited target and the OOD-peak reference."""
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * (len(results) + 2)), 4.5))
+    bars: list[tuple[str, Row, str]] = []
+    first = results[0] if results else None
+    if first is not None and first.target is not None:
+        bars.append(("unedited target", first.target, "#7f7f7f"))
+    if first is not None and first.peak is not None:
+        bars.append(("OOD-peak reference", first.peak, "#d62728"))
+    bars.extend((r.edit["label"], r.edit, "#9467bd") for r in results)
+    y = _pct([b[1]["success_rate"] for b in bars])
+    err = np.vstack([y - _pct([b[1]["ci_low"] for b in bars]), _pct([b[1]["ci_high"] for b in bars]) - y]) if bars else None
+    ax.bar(range(len(bars)), y, color=[b[2] for b in bars], yerr=err, capsize=3)
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("OOD episodes solved (%)")
+    ax.set_title("Weight edits of the last SFT checkpoint toward the OOD peak")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _spectral_by_step(spectral: Sequence[Row], steps: dict[str, int], reference: str, k_label: str):
+    """{step: [rows]} of the given reference and k, for targets whose step is known."""
+    out: dict[int, list[Row]] = defaultdict(list)
+    for r in spectral:
+        if r["reference"] == reference and r["k_label"] == k_label and r["target"] in steps:
+            out[steps[r["target"]]].append(r)
+    return dict(sorted(out.items()))
+
+
+def spectral_summary(spectral: Sequence[Row], steps: dict[str, int], references: dict[str, str],
+                     k_label: str) -> Figure:
+    """Per reference: mean |Δσ|/σ (%) and mean top-k principal angle (degrees) over matrices, vs SFT step."""
+    fig, axes = plt.subplots(1, max(1, len(references)), figsize=(6.5 * max(1, len(references)), 4.5), squeeze=False)
+    for col, (name, ref) in enumerate(references.items()):
+        ax = axes[0][col]
+        by_step = _spectral_by_step(spectral, steps, ref, k_label)
+        xs = list(by_step)
+        drift = [100 * np.nanmean([r["mean_abs_rel_sigma_drift"] for r in rows]) for rows in by_step.values()]
+        ax.plot(xs, drift, "o-", color="#1f77b4", label="mean |Δσ|/σ (%)")
+        ax.set_xlabel("checkpoint step")
+        ax.set_ylabel("singular-value drift (%)", color="#1f77b4")
+        twin = ax.twinx()
+        for key, style, label in (("top_left_mean", "s--", "top-k left (U)"), ("top_right_mean", "^--", "top-k right (V)")):
+            ang = [np.degrees(np.nanmean([r[key] for r in rows])) for rows in by_step.values()]
+            twin.plot(xs, ang, style, color="#d62728", label=f"mean angle, {label}")
+        twin.set_ylabel("principal angle (degrees)", color="#d62728")
+        ax.set_title(f"vs {name}: σ drift and rotation ({k_label})")
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
+        if handles:
+            ax.legend(handles, labels, fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def spectral_heatmaps(spectral: Sequence[Row], steps: dict[str, int], reference: str, k_label: str) -> Figure:
+    """Layer × checkpoint heatmaps of σ drift and top-k rotation against one reference."""
+    by_step = _spectral_by_step(spectral, steps, reference, k_label)
+    layers = sorted({r["layer"] for rows in by_step.values() for r in rows if r.get("layer") is not None})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * max(4, len(layers)) + 2))
+    for ax, key, title, scale, unit in (
+        (axes[0], "mean_abs_rel_sigma_drift", "singular-value drift", 100.0, "mean |Δσ|/σ (%)"),
+        (axes[1], "top_left_mean", "rotation of top-k left singular vectors", 180.0 / np.pi, "mean angle (degrees)"),
+    ):
+        grid = np.full((len(layers), len(by_step)), np.nan)
+        for j, rows in enumerate(by_step.values()):
+            for i, layer in enumerate(layers):
+                vals = [r[key] for r in rows if r.get("layer") == layer and r.get(key) is not None]
+                if vals:
+                    grid[i, j] = scale * float(np.mean(vals))
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis")
+        ax.set_xticks(range(len(by_step)), [str(s) for s in by_step], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
+        ax.set_xlabel("checkpoint step")
+        ax.set_ylabel("decoder layer")
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax, label=unit)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,287 @@
+"""The whole study from one config: base → SFT → eval → RL starts → RL → eval → spectrum → edits → eval → report.
+
+Every stage asks the run's results store (or its checkpoint folders) what is already done and does only the
+rest, so a killed study finishes when the same command runs again. `RUN/study.json` records the config
+that made the run; a run folder made by a different config is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlheal.atomic import write_text
+from rlheal.config import StudyConfig
+from rlheal.provenance import versions
+from rlheal.store import Store
+
+STUDY_FILE = "study.json"
+LOG_FILE = "study.log"
+STAGES = ("base", "sft", "eval-sft", "rl", "eval-rl", "spectrum", "edits", "eval-edits", "report")
+log = logging.getLogger("rlheal.study")
+
+
+class StudyError(RuntimeError):
+    """A study that cannot run in this folder; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder and what lives where in it."""
+
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def sft(self) -> Path:
+        return self.root / "sft"
+
+    @property
+    def rl(self) -> Path:
+        return self.root / "rl"
+
+    @property
+    def edits(self) -> Path:
+        return self.root / "edits"
+
+
+def claim_run_folder(root: Path, cfg: StudyConfig) -> Run:
+    """Create or reopen RUN for `cfg`; refuse a folder made by another config."""
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / STUDY_FILE
+    if marker.exists():
+        try:
+            made_by = json.loads(marker.read_text())
+        except json.JSONDecodeError as exc:
+            raise StudyError(f"{marker} is corrupt ({exc}); move the run folder aside and start again") from exc
+        if made_by.get("fingerprint") != cfg.fingerprint():
+            raise StudyError(
+                f"{root} was made by a different config (fingerprint {made_by.get('fingerprint')}, this one "
+                f"is {cfg.fingerprint()}); its results would mix with this config's. Use another --out, or "
+                f"rerun with the config saved in {marker}.")
+    else:
+        write_text(marker, json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.model_dump(mode="json"),
+                                       "versions": versions()}, indent=2))
+    return Run(root)
+
+
+def choose_rl_starts(sft_rows: Sequence[dict[str, Any]], n: int) -> list[int]:
+    """`auto` RL starts for one task: the OOD peak, the last step, and steps whose ID success is nearest to
+    evenly spaced levels between the lowest and highest ID success (step 0, the base, is never chosen).
+
+    `sft_rows` are the task's SFT eval rows (both splits). Returns ascending steps, at most max(n, 2).
+    """
+    ood = {r["step"]: r["success_rate"] for r in sft_rows if r["split"] == "ood" and r["step"] > 0}
+    idr = {r["step"]: r["success_rate"] for r in sft_rows if r["split"] == "id" and r["step"] > 0}
+    steps = sorted(set(ood) & set(idr))
+    if not steps:
+        return []
+    peak = max(steps, key=lambda s: (ood[s], -s))
+    chosen = {peak, steps[-1]}
+    lo, hi = min(idr.values()), max(idr.values())
+    for i in range(n):
+        level = lo + (hi - lo) * i / max(1, n - 1)
+        if len(chosen) >= max(n, 2):
+            break
+        candidates = [s for s in steps if s not in chosen]
+        if candidates:
+            chosen.add(min(candidates, key=lambda s: (abs(idr[s] - level), s)))
+    return sorted(chosen)
+
+
+def _setup_logging(run: Run) -> logging.Handler:
+    handler = logging.FileHandler(run.root / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("rlheal")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler
+
+
+class Study:
+    """Runs the stages of `cfg` in `run`; `on_stage(name)` is called as each stage starts (tests stop here)."""
+
+    def __init__(self, cfg: StudyConfig, out: Path, progress: bool = True,
+                 on_stage: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.run = claim_run_folder(Path(out), cfg)
+        self.progress = progress
+        self.on_stage = on_stage or (lambda name: None)
+        self.store = Store(self.run.root)
+
+    # --- stages ----------------------------------------------------------------------------------
+    def base(self) -> Path:
+        from rlheal.train.sft import resolve_model
+
+        folder = resolve_model(self.cfg.model, progress=self.progress)
+        link = self.run.base
+        if not link.exists():
+            tmp = link.with_name(".base.link")
+            tmp.unlink(missing_ok=True)
+            os.symlink(Path(folder).resolve(), tmp, target_is_directory=True)
+            os.replace(tmp, link)
+        return folder
+
+    def sft(self, base: Path) -> list[Path]:
+        from rlheal.train.sft import run_sft
+
+        cfg = self.cfg.sft.model_copy(update={"model": str(base)})
+        return run_sft(cfg, self.run.root, self.store, progress=self.progress)
+
+    def evaluate(self, checkpoints: Sequence[Path]) -> list[dict[str, Any]]:
+        from rlheal.evaluate import evaluate
+
+        e = self.cfg.eval
+        return evaluate(self.store, list(checkpoints), self.cfg.tasks, self.cfg.splits, episodes=e.episodes,
+                        seed=e.seed, profile=self.cfg.profile, batch_size=e.batch_size, max_attempts=e.max_attempts,
+                        decoding=self._decoding(), show_progress=self.progress)
+
+    def _decoding(self):
+        from rlheal.rollout import Decoding
+
+        e = self.cfg.eval
+        return Decoding(temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=e.seed)
+
+    def rl_starts(self, task: str, sft_rows: Sequence[dict[str, Any]], sft_folders: dict[int, Path]) -> list[Path]:
+        rl = self.cfg.rl
+        if rl.starts == "auto":
+            steps = choose_rl_starts([r for r in sft_rows if r["task"] == task], rl.n_starts)
+        else:
+            missing = [s for s in rl.starts if s not in sft_folders]
+            if missing:
+                raise StudyError(f"rl.starts names SFT steps {missing} that the SFT schedule did not save; "
+                                 f"saved steps: {sorted(sft_folders)}")
+            steps = list(rl.starts)
+        return [sft_folders[s] for s in steps]
+
+    def rl(self, task: str, starts: Sequence[Path]) -> list[Path]:
+        """RL from each start (skipping finished ones) and the evaluation of every RL checkpoint."""
+        from rlheal.models.checkpoint import read_manifest
+        from rlheal.train.ppo import rl_checkpoints
+        from rlheal.train.sweep import rl_folder, run_sweep
+
+        if not starts:
+            return []
+        e, algo = self.cfg.eval, self.cfg.rl.algo
+        run_sweep(self.run.sft, self.run.root, algo=algo, steps=[read_manifest(s).step for s in starts],
+                  overrides=self.cfg.rl.settings(task), eval_episodes=e.episodes, eval_seed=e.seed,
+                  eval_decoding=self._decoding(), show_progress=self.progress)
+        return [c for s in starts for c in rl_checkpoints(rl_folder(self.run.root, s, algo))]
+
+    def spectrum(self, targets: Sequence[Path], references: dict[str, Path]) -> int:
+        from rlheal.spectral.metrics import SPECTRAL, SPECTRAL_SIGMA
+        from rlheal.spectral.sweep import run_spectrum
+
+        sp = self.cfg.spectral
+        pairs = [(ref, t) for ref in references.values() for t in targets
+                 if Path(ref).resolve() != Path(t).resolve()
+                 and not self.store.has(SPECTRAL, target=str(Path(t).resolve()), reference=str(Path(ref).resolve()))]
+        if not pairs:
+            return 0
+        rows, sigma_rows = run_spectrum(pairs, ks=sp.k, modules=sp.modules, progress=self.progress)
+        with self.store.transaction():
+            self.store.put(SPECTRAL_SIGMA, sigma_rows)
+            self.store.put(SPECTRAL, rows)
+        return len(rows)
+
+    def edits(self, reference: Path, target: Path) -> list[Path]:
+        from rlheal.spectral.edit import edit_checkpoint
+        from rlheal.spectral.weights import CheckpointWeights
+
+        ed = self.cfg.edits
+        made = []
+        for mode in ed.modes:
+            if mode == "layers":
+                n_layers = 1 + max(info.layer for info in CheckpointWeights(target).select() if info.layer is not None)
+                keep = max(1, round(ed.layers * n_layers))
+                folder = self.run.edits / f"layers-first{keep}"
+                kwargs: dict[str, Any] = {"layers": set(range(keep))}
+            else:
+                folder = self.run.edits / (f"{mode}-top{ed.top:g}" + (f"-tail{ed.tail:g}" if ed.tail else ""))
+                kwargs = {"top": ed.top, "tail": ed.tail, "modules": ",".join(self.cfg.spectral.modules)}
+            if not (folder / "rlheal_manifest.json").exists():
+                edit_checkpoint(reference, target, folder, mode, progress=self.progress, overwrite=True, **kwargs)
+            made.append(folder)
+        return made
+
+    # --- the whole study --------------------------------------------------------------------------
+    def run_all(self) -> Path:
+        from rlheal.evaluate import EVALS, ood_peak
+        from rlheal.models.checkpoint import find_checkpoints, read_manifest
+        from rlheal.report import build_report
+
+        started = time.perf_counter()
+        log.info("study in %s, config fingerprint %s", self.run.root, self.cfg.fingerprint())
+
+        self._stage("base")
+        base = self.base()
+        self._stage("sft")
+        sft_folders = {read_manifest(p).step: p for p in self.sft(base)}
+        sft_folders = {read_manifest(p).step: p for p in find_checkpoints([self.run.sft])} | sft_folders
+        self._stage("eval-sft")
+        self.evaluate(sorted(sft_folders.values(), key=lambda p: read_manifest(p).step))
+        sft_rows = self.store.rows(EVALS, stage="sft")
+
+        self._stage("rl")
+        rl_folders: list[Path] = []
+        for task in self.cfg.tasks:
+            starts = self.rl_starts(task, sft_rows, sft_folders)
+            log.info("RL starts for %s: %s", task, [read_manifest(s).step for s in starts])
+            rl_folders += self.rl(task, starts)
+        self._stage("eval-rl")
+        self.evaluate(rl_folders)  # the sweep evaluated the RL task; this adds the study's other tasks
+
+        self._stage("spectrum")
+        last = sft_folders[max(sft_folders)]
+        peak_row = ood_peak(self.store, self.cfg.tasks[0])
+        peak = Path(peak_row["checkpoint"]) if peak_row else last
+        references = {}
+        if "base" in self.cfg.spectral.references:
+            references["base"] = sft_folders.get(0, base)
+        if "ood-peak" in self.cfg.spectral.references:
+            references["ood-peak"] = peak
+        targets = [sft_folders[s] for s in sorted(sft_folders)]
+        if self.cfg.spectral.targets == "sft+rl":
+            targets += rl_folders
+        self.spectrum(targets, references)
+
+        self._stage("edits")
+        edit_folders = self.edits(peak, last) if Path(peak).resolve() != Path(last).resolve() else []
+        if not edit_folders:
+            log.info("no edits: the OOD peak is the last SFT checkpoint, so there is no forgetting to undo")
+        self._stage("eval-edits")
+        self.evaluate(edit_folders)
+
+        self._stage("report")
+        report = build_report(self.run.root)
+        log.info("study finished in %.0f s; report at %s", time.perf_counter() - started, report)
+        return report
+
+    def _stage(self, name: str) -> None:
+        log.info("stage %s", name)
+        self.on_stage(name)
+
+
+def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True,
+              on_stage: Callable[[str], None] | None = None) -> Path:
+    """Run (or finish) the study of `cfg` in `out`; returns the report's path."""
+    run = claim_run_folder(Path(out), cfg)
+    handler = _setup_logging(run)
+    try:
+        study = Study(cfg, run.root, progress=progress, on_stage=on_stage)
+        try:
+            return study.run_all()
+        finally:
+            study.store.close()
+    finally:
+        logging.getLogger("rlheal").removeHandler(handler)
+        handler.close()

@@ -1,0 +1,91 @@
+"""The study config (validation, shared fields, shipped files) and the choice of RL starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlheal.config import ConfigError, StudyConfig, default_yaml, load_config, parse_config
+from rlheal.study import StudyError, choose_rl_starts, claim_run_folder
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_every_problem_is_listed_with_its_field():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"tasks": ["gp25"], "sft": {"steps": 0, "lrr": 1}, "eval": {"episodes": 0},
+                      "spectral": {"modules": ["qq"], "k": [0]}, "rl": {"algo": "dqn"}})
+    msg = str(err.value)
+    for field in ("tasks", "sft.steps", "sft.lrr", "eval.episodes", "spectral.modules", "spectral.k", "rl.algo"):
+        assert f"- {field}:" in msg
+    assert "gp24, rank, det" in msg
+
+
+def test_shared_fields_reach_the_sections():
+    cfg = parse_config({"model": "/some/model", "tasks": ["det"], "profile": "paper", "seed": 3})
+    assert (cfg.sft.model, cfg.sft.tasks, cfg.sft.profile, cfg.sft.seed) == ("/some/model", ["det"], "paper", 3)
+    assert (cfg.rl.ppo.profile, cfg.rl.ppo.seed) == ("paper", 3)
+
+
+def test_a_section_can_override_a_shared_field():
+    cfg = parse_config({"seed": 3, "sft": {"seed": 7}})
+    assert cfg.seed == 3 and cfg.sft.seed == 7
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_config([1, 2])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_default_is_the_builtin_default():
+    assert load_config(CONFIGS / "default.yaml") == StudyConfig() == load_config(None)
+    assert (CONFIGS / "default.yaml").read_text() == default_yaml()
+
+
+@pytest.mark.parametrize("name", ["quick.yaml", "qwen2.5-0.5b-1gpu.yaml"])
+def test_shipped_configs_are_valid(name):
+    assert isinstance(load_config(CONFIGS / name), StudyConfig)
+    assert yaml.safe_load((CONFIGS / name).read_text())
+
+
+def test_fingerprint_changes_with_results_relevant_fields():
+    a, b = parse_config({}), parse_config({"sft": {"lr": 1e-3}})
+    assert a.fingerprint() == parse_config({}).fingerprint() != b.fingerprint()
+
+
+def test_run_folder_of_another_config_is_refused(tmp_path):
+    claim_run_folder(tmp_path, parse_config({}))
+    claim_run_folder(tmp_path, parse_config({}))  # same config: fine
+    with pytest.raises(StudyError, match="different config"):
+        claim_run_folder(tmp_path, parse_config({"sft": {"lr": 1e-3}}))
+
+
+def _rows(ood, idr):
+    rows = []
+    for step, (o, i) in enumerate(zip(ood, idr, strict=True)):
+        rows.append({"step": step * 10, "split": "ood", "success_rate": o})
+        rows.append({"step": step * 10, "split": "id", "success_rate": i})
+    return rows
+
+
+def test_auto_starts_include_peak_and_last_and_spread_over_id():
+    #          step: 0     10    20    30    40    50    60
+    ood = [0.00, 0.20, 0.35, 0.30, 0.20, 0.10, 0.05]
+    idr = [0.00, 0.10, 0.25, 0.40, 0.55, 0.70, 0.80]
+    starts = choose_rl_starts(_rows(ood, idr), 4)
+    assert 20 in starts and 60 in starts  # OOD peak and last
+    assert 0 not in starts  # the base is never a start
+    assert len(starts) == 4 and starts == sorted(starts)
+    # ID levels 0.10, 0.333, 0.567, 0.80: the nearest free steps are 10 and 40 (30 for 0.333 is also close)
+    assert 10 in starts
+
+
+def test_auto_starts_with_few_checkpoints():
+    assert choose_rl_starts(_rows([0.0, 0.3], [0.0, 0.5]), 4) == [10]
+    assert choose_rl_starts([], 4) == []
