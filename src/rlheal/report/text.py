@@ -24,7 +24,7 @@ def sft_sentences(findings: Findings) -> list[str]:
         s = (f"{c.task}: OOD success peaks at SFT step {peak['step']} with {_ci(peak)} {_src(peak)}"
              f" and ends at step {end['step']} with {_ci(end)} {_src(end)}: ")
         if c.decline <= 0 or peak["step"] == end["step"]:
-            s += "no decline — the last checkpoint is the best on OOD."
+            s += "no decline (the last checkpoint is as good on OOD as the peak)."
         else:
             verdict = "outside the 95 % intervals" if c.decline_significant else "within the 95 % intervals (not significant)"
             s += f"a decline of {100 * c.decline:.1f} points, {verdict}."
