@@ -37,7 +37,8 @@ class Manifest:
 
     @property
     def label(self) -> str:
-        return f"{self.stage}-{self.step}"
+        """A short human name: `extra["name"]` when given (edits), else `<stage>-<step>`."""
+        return str(self.extra.get("name") or f"{self.stage}-{self.step}")
 
 
 def write_manifest(folder: str | Path, manifest: Manifest) -> None:
@@ -129,11 +130,16 @@ def load_model(folder: str | Path, dtype: Any = None, device: str | None = None)
     return model, tokenizer
 
 
-def save_model(model, tokenizer, folder: str | Path, manifest: Manifest, overwrite: bool = False) -> Path:
-    """Save model + tokenizer + manifest atomically: the folder appears complete or not at all."""
+def save_model(model, tokenizer, folder: str | Path, manifest: Manifest, overwrite: bool = False,
+               state_dict: dict | None = None) -> Path:
+    """Save model + tokenizer + manifest atomically: the folder appears complete or not at all.
+
+    `state_dict` (optional) overrides the model's own weights, e.g. a full state dict gathered from a
+    sharded (FSDP/DeepSpeed) model by `accelerator.get_state_dict`.
+    """
     folder = Path(folder)
     with staged_dir(folder, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         write_manifest(tmp, manifest)
     return folder
