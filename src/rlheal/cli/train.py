@@ -1,7 +1,58 @@
-"""Placeholder: this room's commands are being built (see the open issues)."""
+"""`rlheal sft` (supervised fine-tuning with a dense checkpoint schedule) and `rlheal base` (the built-in base)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 
 
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def sft_command(
+    config: Annotated[Path, typer.Option(help="YAML SFT config (fields of rlheal.train.sft.SFTConfig, "
+                                               "optionally under an `sft:` key)")],
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints go to OUT/sft/step-NNNNNN, rows to "
+                                            "OUT/results.sqlite")],
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Fine-tune on the ID split; saves and scores the scheduled checkpoints (a rerun skips saved ones)."""
+    from rlheal.models.checkpoint import CheckpointError
+    from rlheal.store import Store, StoreError
+    from rlheal.train.sft import SFTConfigError, load_sft_config, run_sft
+
+    try:
+        cfg = load_sft_config(config)
+        with Store(out) as store:
+            folders = run_sft(cfg, out, store, progress=not quiet)
+    except (SFTConfigError, CheckpointError, StoreError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{len(folders)} checkpoints in {out / 'sft'}; losses in {out / 'results.sqlite'}")
+
+
+def base_command(
+    rebuild: Annotated[bool, typer.Option(help="pretrain again, replacing the cached folder when done")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Build (if missing) and show the built-in base model: its folder and how it was made."""
+    from rlheal.models.builtin import DEFAULT_RECIPE, builtin_base
+    from rlheal.models.checkpoint import CheckpointError, read_manifest
+
+    try:
+        folder = builtin_base(DEFAULT_RECIPE, progress=not quiet, rebuild=rebuild)
+    except CheckpointError as exc:
+        _fail(str(exc))
+    extra = {k: v for k, v in read_manifest(folder).extra.items() if k != "recipe"}
+    typer.echo(str(folder))
+    typer.echo(json.dumps(extra, indent=1))
+
+
 def register(app: typer.Typer) -> None:
     """Add this room's commands to `app`."""
+    app.command("sft")(sft_command)
+    app.command("base")(base_command)

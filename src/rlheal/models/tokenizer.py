@@ -2,7 +2,8 @@
 
 Built with `tokenizers` (a WordLevel model over single characters, a pre-tokenizer that isolates every
 character, a Fuse decoder) and wrapped in `transformers.PreTrainedTokenizerFast`, so it saves and loads as
-ordinary Hugging Face tokenizer files. The chat template renders each message as `<|role|>content<|end|>`;
+ordinary Hugging Face tokenizer files. The chat template starts with `<bos>` and renders each message as
+`<|role|>content<|end|>`;
 `<|end|>` is the eos token, so generation stops at the end of an assistant turn, and a prompt rendered with
 `add_generation_prompt=True` is an exact token prefix of the prompt + completion (what TRL's completion-only
 loss relies on).
@@ -17,7 +18,7 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, END, *(f"<|{r}|>" for r in ROLES))
 CHARACTERS: str = "\n" + "".join(chr(c) for c in range(32, 127))  # newline + printable ASCII (space..~)
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 TOKENIZER_SPEC = {"kind": "char", "characters": CHARACTERS, "special": list(SPECIAL_TOKENS),

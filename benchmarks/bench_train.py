@@ -1,0 +1,124 @@
+"""Benchmarks of the built-in model and SFT on this machine (results go to docs/BENCHMARKS.md).
+
+    python benchmarks/bench_train.py pretrain          # build the default base in a fresh cache: wall time
+    python benchmarks/bench_train.py sft --steps 20    # SFT tokens/s on the cached built-in base
+    python benchmarks/bench_train.py probe --n 100     # what the base can do, in its own answer format
+
+`--threads N` sets torch's intra-op threads (default: torch's own choice). `probe` plays gp24 episodes
+(5 attempts, revision feedback, greedy) on the eval problems, reading answers in the pretraining world's
+format (`<formula> = <value>`) instead of the compact SFT format, to show the ability the base has before SFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def bench_pretrain(args) -> dict:
+    from rlheal.models.builtin import DEFAULT_RECIPE, builtin_base
+    from rlheal.models.checkpoint import read_manifest
+
+    cache = Path(args.cache or tempfile.mkdtemp(prefix="rlheal-bench-"))
+    started = time.perf_counter()
+    folder = builtin_base(DEFAULT_RECIPE, progress=not args.quiet, cache=cache)
+    extra = read_manifest(folder).extra
+    wall = time.perf_counter() - started
+    return {"folder": str(folder), "wall_s": round(wall, 1), "trained_tokens": extra["trained_tokens"],
+            "n_parameters": extra["n_parameters"], "final_loss": round(extra["final_loss"], 3),
+            "tokens_per_s_overall": round(extra["trained_tokens"] / wall)}
+
+
+def bench_sft(args) -> dict:
+    from rlheal.models.checkpoint import load_model
+    from rlheal.store import Store
+    from rlheal.tasks import get_task
+    from rlheal.train.sft import SFTConfig, answer_token_batch, resolve_model, run_sft, sft_examples
+
+    cfg = SFTConfig(steps=args.steps, schedule=[args.steps], loss_eval_n=8, n_train=args.steps * 16)
+    _, tokenizer = load_model(resolve_model(cfg.model, progress=not args.quiet))
+    examples = sft_examples([get_task(t) for t in cfg.tasks], cfg.n_train, cfg.train_seed)
+    pairs = [(e["prompt"][0]["content"], e["completion"][0]["content"]) for e in examples]
+    mean_tokens = sum(len(ids) for ids in answer_token_batch(tokenizer, pairs)[0]) / len(pairs)
+    out = Path(tempfile.mkdtemp(prefix="rlheal-bench-sft-"))
+    with Store(out) as store:
+        run_sft(cfg, out, store, progress=not args.quiet)
+    log = json.loads((out / "sft" / "train_log.json").read_text())
+    tokens = cfg.steps * cfg.batch_size * mean_tokens
+    return {"steps": cfg.steps, "batch_size": cfg.batch_size, "mean_tokens_per_example": round(mean_tokens, 1),
+            "wall_s_incl_2_loss_evals_and_1_save": log["wall_s"], "tokens_per_s": round(tokens / log["wall_s"])}
+
+
+def bench_probe(args) -> dict:
+    from rlheal.evaluate import eval_problems
+    from rlheal.models.checkpoint import load_model
+    from rlheal.rollout import HFBackend, play
+    from rlheal.tasks import get_task
+    from rlheal.tasks.gp24 import GeneralPoints, judge_formula
+    from rlheal.train.sft import resolve_model
+
+    class WorkedFormat(GeneralPoints):
+        """gp24 read in the pretraining world's format: `<formula> = <value>`."""
+
+        def verify(self, problem, text):
+            formula = text.rsplit("=", 1)[0].strip() if "=" in text else text.strip()
+            return judge_formula(formula, problem.data["values"], problem.data["target"])
+
+    model, tokenizer = load_model(args.model or resolve_model("builtin", progress=not args.quiet))
+    backend = HFBackend(model, tokenizer, batch_size=32)
+    compact, worked = get_task("gp24"), WorkedFormat()
+    out = {}
+    for split in ("id", "ood"):
+        problems = eval_problems(compact, split, seed=0, episodes=args.n)
+        started = time.perf_counter()
+        episodes = play(worked, problems, backend)
+        first = play(compact, problems, backend, max_attempts=1)
+        out[split] = {
+            "worked_format_success": sum(e.episode.solved for e in episodes) / len(episodes),
+            "worked_format_first_attempt": sum(e.episode.verdicts[0].correct for e in episodes) / len(episodes),
+            "compact_format_ok": sum(e.episode.verdicts[0].format_ok for e in first) / len(first),
+            "wall_s": round(time.perf_counter() - started, 1),
+            "example": episodes[0].episode.messages()[:4],
+        }
+    out["values_accuracy_by_rule"] = probe_values(backend, args.n)
+    return out
+
+
+def probe_values(backend, n: int) -> dict[str, float]:
+    """Share of `cards: ... | <rule> | values` prompts answered with exactly the right card values, per rule."""
+    import random
+
+    from rlheal.models.world import RULES, values_doc
+
+    rng = random.Random(12345)
+    docs = [values_doc(rng) for _ in range(n * len(RULES))]
+    texts = [g.text.strip() for g in backend.generate([d[:1] for d in docs], max_new_tokens=24, temperature=0.0,
+                                                      seed=0)]
+    rule_of = [d[0]["content"].split(" | ")[1] for d in docs]
+    return {rule: round(sum(t == d[1]["content"] for t, d, r in zip(texts, docs, rule_of, strict=True) if r == rule)
+                        / max(1, rule_of.count(rule)), 3) for rule in RULES}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("pretrain", "sft", "probe"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--cache", help="pretrain: cache folder (default: a fresh temporary one)")
+    parser.add_argument("--model", help="probe: a checkpoint folder (default: the built-in base)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {"pretrain": bench_pretrain, "sft": bench_sft, "probe": bench_probe}[args.what](args)
+    print(json.dumps({"threads": torch.get_num_threads(), **result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

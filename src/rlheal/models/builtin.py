@@ -1,0 +1,139 @@
+"""The built-in base model: a small Llama that rlheal pretrains itself on the pretraining world, cached.
+
+A recipe (model shape, world spec, pretraining hyperparameters, seed) fully determines the base: it is built
+on CPU with seeded torch and a deterministic data order, and stored once at
+`$RLHEAL_CACHE/base-<recipe hash>/` (default cache `~/.cache/rlheal`) as an ordinary Hugging Face checkpoint
+folder with an rlheal manifest (stage "base"). The folder is written atomically, so a killed build leaves
+nothing behind and the next call rebuilds it. Pretraining is not resumable: the default recipe takes a few
+minutes (see docs/BENCHMARKS.md), so a killed build simply starts again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlheal.models.checkpoint import CheckpointError, Manifest, check_checkpoint, read_manifest, save_model
+from rlheal.models.pretrain import PretrainSpec, pack_documents, pretrain
+from rlheal.models.tokenizer import TOKENIZER_SPEC, char_tokenizer
+from rlheal.models.world import WORLD_VERSION, WorldSpec, generate_corpus
+from rlheal.provenance import stable_hash
+
+CACHE_ENV = "RLHEAL_CACHE"
+
+
+class ModelSpec(BaseModel):
+    """The Llama shape of the built-in model (vocabulary and special ids come from the tokenizer)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_size: int = Field(128, ge=8)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    max_position_embeddings: int = Field(1024, ge=16)
+
+
+class BuiltinRecipe(BaseModel):
+    """Everything that determines the built-in base model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: ModelSpec = ModelSpec()
+    world: WorldSpec = WorldSpec()
+    train: PretrainSpec = PretrainSpec()
+    seed: int = 0
+
+    def hash(self) -> str:
+        """The cache key: the recipe plus the tokenizer spec and the world generator's version."""
+        return stable_hash({"recipe": self.model_dump(), "tokenizer": TOKENIZER_SPEC, "world": WORLD_VERSION})
+
+
+DEFAULT_RECIPE = BuiltinRecipe()
+TINY_RECIPE = BuiltinRecipe(
+    model=ModelSpec(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                    max_position_embeddings=128),
+    world=WorldSpec.tiny(),
+    train=PretrainSpec(steps=4, batch_size=2, seq_len=64, warmup_steps=1),
+)
+
+
+def cache_root() -> Path:
+    """`$RLHEAL_CACHE`, or `~/.cache/rlheal`."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rlheal").expanduser()
+
+
+def base_folder(recipe: BuiltinRecipe = DEFAULT_RECIPE, cache: Path | None = None) -> Path:
+    return (cache or cache_root()) / f"base-{recipe.hash()}"
+
+
+def llama_config(spec: ModelSpec, tokenizer):
+    """The `LlamaConfig` of the built-in model (tied embeddings, fp32)."""
+    from transformers import LlamaConfig
+
+    if spec.hidden_size % spec.num_attention_heads:
+        raise ValueError(f"hidden_size {spec.hidden_size} is not a multiple of num_attention_heads "
+                         f"{spec.num_attention_heads}")
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_attention_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def build_base(recipe: BuiltinRecipe, folder: Path, progress: bool = True) -> Path:
+    """Pretrain the recipe's model from scratch and save it to `folder` atomically (replacing it)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    started = time.perf_counter()
+    tokenizer = char_tokenizer(model_max_length=recipe.model.max_position_embeddings)
+    documents = generate_corpus(recipe.world, seed=recipe.seed)
+    blocks = pack_documents(documents, tokenizer, recipe.train.seq_len)
+    torch.manual_seed(recipe.seed)
+    model = LlamaForCausalLM(llama_config(recipe.model, tokenizer))
+    losses = pretrain(model, blocks, recipe.train, seed=recipe.seed, progress=progress)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    extra = {
+        "recipe": recipe.model_dump(),
+        "world_version": WORLD_VERSION,
+        "n_documents": len(documents),
+        "corpus_tokens": len(blocks) * recipe.train.seq_len,
+        "trained_tokens": recipe.train.steps * recipe.train.batch_size * recipe.train.seq_len,
+        "first_loss": losses[0],
+        "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    manifest = Manifest(stage="base", step=recipe.train.steps, seed=recipe.seed, config_hash=recipe.hash(),
+                        extra=extra)
+    return save_model(model, tokenizer, folder, manifest, overwrite=True)
+
+
+def builtin_base(recipe: BuiltinRecipe = DEFAULT_RECIPE, progress: bool = True, cache: Path | None = None,
+                 rebuild: bool = False) -> Path:
+    """The cached base folder of `recipe`, pretraining it first if it is missing (or `rebuild`)."""
+    folder = base_folder(recipe, cache)
+    if folder.exists() and not rebuild:
+        try:
+            check_checkpoint(folder)
+            manifest = read_manifest(folder)
+        except CheckpointError as exc:
+            raise CheckpointError(f"the cached built-in base is damaged: {exc}. Rebuild it with "
+                                  f"`rlheal base --rebuild` (or delete {folder})") from exc
+        if manifest.config_hash != recipe.hash():
+            raise CheckpointError(f"{folder} holds a base with recipe hash {manifest.config_hash}, not "
+                                  f"{recipe.hash()}; rebuild it with `rlheal base --rebuild`")
+        return folder
+    return build_base(recipe, folder, progress=progress)

@@ -1,0 +1,323 @@
+"""Supervised fine-tuning on the ID split with TRL's SFTTrainer and a dense checkpoint schedule.
+
+Data: one (prompt, completion) chat pair per ID training problem, `task.prompt(p)` -> `task.answer(p)`, in
+TRL's conversational prompt-completion form, so the model's chat template is applied and the loss falls on
+the completion tokens only (TRL masks the prompt: it tokenizes the prompt with the generation prompt and
+the prompt + completion, and labels only the tokens after their common prefix).
+
+At every scheduled step (step 0 is the starting model) a callback saves the model to `RUN/sft/step-NNNNNN/`
+with a manifest (stage "sft", step, parent = the starting model, seed, config hash) and writes the
+teacher-forced answer-token loss on frozen ID and OOD test sets (the evaluation problems) to the `losses`
+table. HF's own checkpointing, evaluation and reporting are off.
+
+Resume: no optimizer state is stored, so a rerun with the same config retrains from the start
+(deterministic on CPU), skips the checkpoints already saved (their losses are added only if missing) and
+stops after the last missing step. A rerun with a different config into the same folder is refused. Under
+`accelerate launch` every process runs this same code; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rlheal.atomic import write_text
+from rlheal.models.checkpoint import CheckpointError, Manifest, check_checkpoint, read_manifest, save_model
+from rlheal.provenance import stable_hash
+from rlheal.store import Store, Table
+from rlheal.tasks.base import PROFILES
+from rlheal.train.schedule import ScheduleError, resolve_schedule
+
+LOSSES = Table(
+    name="losses",
+    columns={"checkpoint": "str", "task": "str", "split": "str", "step": "int", "loss": "float",
+             "n_tokens": "int"},
+    key=("checkpoint", "task", "split"),
+)
+SFT_DIR = "sft"
+TRAIN_LOG = "train_log.json"
+
+
+class SFTConfigError(ValueError):
+    """An SFT config that cannot be used; the message names the file and field and what to do."""
+
+
+class SFTConfig(BaseModel):
+    """What an SFT run does. `model` is a Hugging Face checkpoint folder or "builtin" (the built-in base)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = "builtin"
+    tasks: list[str] = Field(default_factory=lambda: ["gp24"], min_length=1)
+    profile: str = "compact"
+    n_train: int = Field(2000, ge=1, description="ID training problems per task")
+    train_seed: int = Field(0, ge=0, description="seed of the ID training problems")
+    steps: int = Field(300, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="per-device batch size")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: str | list[int] = "log:12"
+    loss_eval_n: int = Field(100, ge=1, description="problems per (task, split) in the loss test sets")
+    loss_eval_seed: int = Field(0, ge=0, description="the eval-set seed whose problems form the loss test sets")
+    max_length: int = Field(1024, ge=16)
+    bf16: bool = False
+    seed: int = 0
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        from rlheal.tasks import TASK_NAMES
+
+        unknown = [name for name in value if name not in TASK_NAMES]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; valid: {', '.join(TASK_NAMES)}")
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"unknown profile {value!r}; valid: {', '.join(PROFILES)}")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str | list[int]) -> str | list[int]:
+        resolve_schedule(value, 10**9)  # raises ScheduleError (a ValueError) with the reason
+        return value
+
+    def checkpoint_steps(self) -> list[int]:
+        try:
+            return resolve_schedule(self.schedule, self.steps)
+        except ScheduleError as exc:
+            raise SFTConfigError(f"schedule: {exc}") from exc
+
+
+def load_sft_config(path: str | Path) -> SFTConfig:
+    """Read and validate a YAML SFT config (an optional top-level `sft:` section is accepted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SFTConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SFTConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("sft"), dict):
+        data = data["sft"]
+    if not isinstance(data, dict):
+        raise SFTConfigError(f"{path} must hold a mapping of SFT settings, found {type(data).__name__}")
+    try:
+        return SFTConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"field '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
+        raise SFTConfigError(f"{path}: {problems}") from exc
+
+
+def sft_examples(tasks: Sequence[Any], n: int, seed: int) -> list[dict[str, list[dict[str, str]]]]:
+    """Conversational prompt-completion pairs for the first `n` ID problems of `seed` of every task."""
+    return [
+        {"prompt": [{"role": "user", "content": task.prompt(p)}],
+         "completion": [{"role": "assistant", "content": task.answer(p)}]}
+        for task in tasks
+        for p in task.problems("id", seed, n)
+    ]
+
+
+def answer_token_batch(tokenizer, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
+    """(input ids, labels) per (prompt, answer): labels are -100 on the prompt, as TRL's completion loss."""
+    inputs, labels = [], []
+    for prompt, answer in pairs:
+        user = [{"role": "user", "content": prompt}]
+        prompt_ids = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False)
+        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": answer}], tokenize=True,
+                                             return_dict=False)
+        cut = 0
+        while cut < min(len(prompt_ids), len(full)) and prompt_ids[cut] == full[cut]:
+            cut += 1
+        inputs.append(full)
+        labels.append([-100] * cut + full[cut:])
+    return inputs, labels
+
+
+def answer_loss(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16) -> tuple[float, int]:
+    """Teacher-forced mean NLL per answer token over `pairs`, and the number of answer tokens."""
+    import torch
+
+    inputs, labels = answer_token_batch(tokenizer, pairs)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            ids, lab = inputs[start:start + batch_size], labels[start:start + batch_size]
+            width = max(len(x) for x in ids)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+            target = torch.tensor([y + [-100] * (width - len(y)) for y in lab], device=device)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            target = target[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                    ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((target != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1), count
+
+
+def resolve_model(name: str, progress: bool = True) -> Path:
+    """The starting checkpoint folder: "builtin" (or "builtin:tiny", a seconds-long recipe for smoke runs) is
+    the cached built-in base, built if missing; anything else is a Hugging Face checkpoint folder."""
+    if name.startswith("builtin"):
+        from rlheal.models.builtin import DEFAULT_RECIPE, TINY_RECIPE, builtin_base
+
+        recipes = {"builtin": DEFAULT_RECIPE, "builtin:tiny": TINY_RECIPE}
+        if name not in recipes:
+            raise SFTConfigError(f"unknown built-in model {name!r}; valid: {', '.join(recipes)}")
+        return builtin_base(recipes[name], progress=progress)
+    return check_checkpoint(Path(name).expanduser())
+
+
+def step_folder(out: Path, step: int) -> Path:
+    return Path(out) / SFT_DIR / f"step-{step:06d}"
+
+
+def config_hash(cfg: SFTConfig, start: Path) -> str:
+    """The hash recorded in every checkpoint: the config plus the identity of the starting model."""
+    start_id = read_manifest(start).config_hash or str(start.resolve())
+    return stable_hash({"sft": cfg.model_dump(), "start": start_id})
+
+
+def existing_steps(out: Path, expected_hash: str) -> set[int]:
+    """Steps already saved under RUN/sft; refuses a folder written by another config."""
+    saved: set[int] = set()
+    sft_dir = Path(out) / SFT_DIR
+    if not sft_dir.is_dir():
+        return saved
+    for folder in sorted(sft_dir.glob("step-*")):
+        if not folder.is_dir():
+            continue
+        try:
+            check_checkpoint(folder)
+            manifest = read_manifest(folder)
+        except CheckpointError as exc:
+            raise SFTConfigError(f"{exc}. Delete {folder} and rerun: the step will be trained and saved again") from exc
+        if manifest.config_hash != expected_hash:
+            raise SFTConfigError(
+                f"{folder} was written by another SFT config (hash {manifest.config_hash}, this one is "
+                f"{expected_hash}); choose a new --out folder, or move the old run aside")
+        saved.add(manifest.step)
+    return saved
+
+
+def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True) -> list[Path]:
+    """Train per `cfg` into the run folder `out`; returns the folders of all scheduled checkpoints."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
+
+    from rlheal.evaluate import eval_problems
+    from rlheal.models.checkpoint import load_model
+    from rlheal.tasks import get_task
+
+    out = Path(out)
+    tasks = [get_task(name, profile=cfg.profile) for name in cfg.tasks]
+    schedule = cfg.checkpoint_steps()
+    start = resolve_model(cfg.model, progress=progress)
+    chash = config_hash(cfg, start)
+    saved = existing_steps(out, chash)
+    model, tokenizer = load_model(start)
+    model.train()
+    loss_sets = {(t.name, split): [(t.prompt(p), t.answer(p))
+                                   for p in eval_problems(t, split, seed=cfg.loss_eval_seed, episodes=cfg.loss_eval_n)]
+                 for t in tasks for split in ("id", "ood")}
+    todo = [s for s in schedule if s not in saved or not _has_losses(store, step_folder(out, s), loss_sets)]
+    if not todo:
+        return [step_folder(out, s) for s in schedule]
+
+    class ScheduleCallback(TrainerCallback):
+        """Save + loss rows at scheduled steps; stop after the last step still to do."""
+
+        trainer: Any = None
+
+        def checkpoint(self, step: int) -> None:
+            if step not in todo:
+                return
+            trainer, folder = self.trainer, step_folder(out, step)
+            state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+            losses = {key: answer_loss(trainer.model_wrapped, tokenizer, pairs) for key, pairs in loss_sets.items()}
+            if trainer.is_world_process_zero():
+                if step not in saved:
+                    manifest = Manifest(stage="sft", step=step, parent=str(start.resolve()), seed=cfg.seed,
+                                        config_hash=chash, extra={"tasks": cfg.tasks, "profile": cfg.profile})
+                    unwrapped = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+                    save_model(unwrapped, tokenizer, folder, manifest, overwrite=False, state_dict=state_dict)
+                store.put(LOSSES, [{"checkpoint": str(folder.resolve()), "task": task, "split": split,
+                                    "step": step, "loss": loss, "n_tokens": n}
+                                   for (task, split), (loss, n) in losses.items()])
+            trainer.accelerator.wait_for_everyone()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.checkpoint(0)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.checkpoint(state.global_step)
+            if state.global_step >= max(todo):
+                control.should_training_stop = True
+
+    args = TRLConfig(
+        output_dir=str(out / SFT_DIR / ".trainer"),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        packing=False,
+        bf16=cfg.bf16,
+        optim="adamw_torch",
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=1,
+        disable_tqdm=not progress,
+    )
+    callback = ScheduleCallback()
+    started = time.perf_counter()
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list(sft_examples(tasks, cfg.n_train, cfg.train_seed)),
+                         callbacks=[callback])
+    callback.trainer = trainer
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines (the history is still kept)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        log = {"wall_s": round(time.perf_counter() - started, 2), "config_hash": chash,
+               "history": [h for h in trainer.state.log_history if "loss" in h]}
+        write_text(out / SFT_DIR / TRAIN_LOG, json.dumps(log, indent=1))
+    missing = [s for s in schedule if not step_folder(out, s).is_dir()]
+    if missing:
+        raise CheckpointError(f"SFT ended without saving steps {missing} under {out / SFT_DIR}")
+    return [step_folder(out, s) for s in schedule]
+
+
+def _has_losses(store: Store, folder: Path, loss_sets: dict[tuple[str, str], Any]) -> bool:
+    return all(store.has(LOSSES, checkpoint=str(folder.resolve()), task=task, split=split)
+               for task, split in loss_sets)

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlheal.models.builtin import TINY_RECIPE, BuiltinRecipe, ModelSpec, base_folder, builtin_base
+from rlheal.models.checkpoint import MANIFEST, CheckpointError, load_model
+from rlheal.models.tokenizer import CHARACTERS, SPECIAL_TOKENS, char_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return char_tokenizer()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=CHARACTERS, max_size=80))
+def test_tokenizer_round_trips_printable_ascii_one_token_per_character(tokenizer, text):
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    if not any(special in text for special in SPECIAL_TOKENS):  # e.g. "<bos>" is read as the special token
+        assert len(ids) == len(text)
+
+
+def test_special_token_text_is_read_as_the_special_token(tokenizer):
+    assert tokenizer("<bos>a<|end|>", add_special_tokens=False)["input_ids"] == [
+        tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("a"), tokenizer.eos_token_id]
+
+
+def test_all_characters_are_distinct_known_tokens(tokenizer):
+    ids = tokenizer(CHARACTERS, add_special_tokens=False)["input_ids"]
+    assert len(set(ids)) == len(CHARACTERS) and tokenizer.unk_token_id not in ids
+
+
+def test_chat_template_renders_prompt_and_completion(tokenizer):
+    prompt = [{"role": "user", "content": "cards: Kh 5d | make 24"}]
+    full = [*prompt, {"role": "assistant", "content": "formula: 1+2"}]
+    text = tokenizer.apply_chat_template(full, tokenize=False)
+    assert text == "<bos><|user|>cards: Kh 5d | make 24<|end|><|assistant|>formula: 1+2<|end|>"
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
+    full_ids = tokenizer.apply_chat_template(full, return_dict=False)
+    assert full_ids[: len(prompt_ids)] == prompt_ids  # TRL's completion mask relies on this prefix
+    assert tokenizer.decode(full_ids[len(prompt_ids):]) == "formula: 1+2<|end|>"
+    assert full_ids[-1] == tokenizer.eos_token_id  # generation stops at the end of the assistant turn
+
+
+def test_recipe_hash_tracks_every_field():
+    base = TINY_RECIPE.hash()
+    assert BuiltinRecipe.model_validate(TINY_RECIPE.model_dump()).hash() == base
+    assert TINY_RECIPE.model_copy(update={"seed": 1}).hash() != base
+    wider = TINY_RECIPE.model_copy(update={"model": ModelSpec(hidden_size=32, num_hidden_layers=1,
+                                                              num_attention_heads=2, intermediate_size=32,
+                                                              max_position_embeddings=128)})
+    assert wider.hash() != base
+
+
+@pytest.mark.slow
+def test_tiny_base_builds_deterministically_and_is_cached(tmp_path):
+    from safetensors.numpy import load_file
+
+    first = builtin_base(TINY_RECIPE, progress=False, cache=tmp_path / "a")
+    second = builtin_base(TINY_RECIPE, progress=False, cache=tmp_path / "b")
+    assert first.name == second.name == f"base-{TINY_RECIPE.hash()}"
+    w1, w2 = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert w1.keys() == w2.keys() and all((w1[k] == w2[k]).all() for k in w1)
+
+    manifest = json.loads((first / MANIFEST).read_text())
+    assert manifest["stage"] == "base" and manifest["config_hash"] == TINY_RECIPE.hash()
+    assert manifest["extra"]["final_loss"] < manifest["extra"]["first_loss"]
+    model, tok = load_model(first)
+    assert model.config.vocab_size == len(tok) and tok.eos_token == "<|end|>"
+
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert builtin_base(TINY_RECIPE, progress=False, cache=tmp_path / "a") == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # cached: not rebuilt
+
+
+def test_damaged_cache_is_reported_not_silently_replaced(tmp_path):
+    folder = base_folder(TINY_RECIPE, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="rlheal base --rebuild"):
+        builtin_base(TINY_RECIPE, progress=False, cache=tmp_path)
+    assert (folder / "config.json").read_text() == "{broken"  # nothing was touched
+
+
+def test_builtin_model_names_resolve_to_recipes(tmp_path, monkeypatch):
+    from rlheal.train.sft import resolve_model
+
+    monkeypatch.setenv("RLHEAL_CACHE", str(tmp_path))
+    folder = base_folder(TINY_RECIPE, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")  # damaged on purpose: resolving reports it, never rebuilds it
+    with pytest.raises(CheckpointError, match=f"base-{TINY_RECIPE.hash()}"):
+        resolve_model("builtin:tiny", progress=False)
+    with pytest.raises(ValueError, match="unknown built-in model 'builtin:huge'"):
+        resolve_model("builtin:huge", progress=False)

@@ -1,0 +1,138 @@
+import json
+import re
+from collections import Counter
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from rlheal.models.world import WorldSpec, card_line, generate_corpus
+from rlheal.tasks import Problem, get_task
+from rlheal.tasks.arith import parse_formula
+
+SMALL = WorldSpec(n_arith=30, n_values=30, n_solve=25, n_revise=25, n_matrix=20)
+FACE = {"J": 11, "Q": 12, "K": 13, "A": 1}
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate_corpus(SMALL, seed=3)
+
+
+def rule_values(cards: list[str], rule: str) -> list[int]:
+    """Independent reading of a rule sentence `J,Q,K=a,b,c` or `J,Q,K=a` (A is always 1 here)."""
+    faces = [int(x) for x in rule.split("=")[1].split(",")]
+    faces = faces * 3 if len(faces) == 1 else faces
+    out = []
+    for card in cards:
+        rank = card[:-1]
+        out.append(faces["JQK".index(rank)] if rank in "JQK" else FACE.get(rank) or int(rank))
+    return out
+
+
+def parse_card_prompt(text: str) -> tuple[list[str], str, str]:
+    match = re.fullmatch(r"cards: (.+) \| (J,Q,K=[0-9,]+) \| (make 24|values)", text)
+    assert match, text
+    return match.group(1).split(), match.group(2), match.group(3)
+
+
+def worked_formula(text: str, values: list[int]) -> str:
+    formula, value = text.rsplit(" = ", 1)
+    parsed = parse_formula(formula)
+    assert parsed.value == Fraction(value)  # the stated value is the exact value
+    return formula
+
+
+def test_same_seed_same_corpus_other_seed_other_corpus():
+    spec = WorldSpec.tiny()
+    assert generate_corpus(spec, 0) == generate_corpus(spec, 0)
+    assert generate_corpus(spec, 0) != generate_corpus(spec, 1)
+    assert len(generate_corpus(spec, 0)) == 22
+
+
+def test_kinds_are_counted_as_specified(corpus):
+    kinds = Counter()
+    for doc in corpus:
+        first = doc[0]["content"]
+        if first.startswith("compute"):
+            kinds["arith"] += 1
+        elif first.endswith("values"):
+            kinds["values"] += 1
+        elif first.startswith("cards"):
+            kinds["revise" if len(doc) > 2 else "solve"] += 1
+        else:
+            kinds["matrix"] += 1
+    # a revise doc whose wrong attempt happens to be right degrades to one turn; allow that
+    assert kinds["arith"] == 30 and kinds["values"] == 30 and kinds["matrix"] == 20
+    assert kinds["solve"] + kinds["revise"] == 50 and kinds["revise"] >= 18
+
+
+def test_the_sft_answer_format_never_appears(corpus):
+    tasks = {name: get_task(name) for name in ("gp24", "rank", "det")}
+    probes = {name: task.problem("id", 0, 0) for name, task in tasks.items()}
+    for doc in corpus:
+        for message in doc:
+            text = message["content"]
+            assert not re.search(r"(formula|answer)\s*:", text, flags=re.IGNORECASE), text
+            if message["role"] == "assistant":
+                for name, task in tasks.items():
+                    assert not task.verify(probes[name], text).format_ok, (name, text)
+
+
+def test_card_lines_are_the_compact_task_prompts():
+    task = get_task("gp24")
+    for split, rule in (("id", "J,Q,K=10"), ("ood", "J,Q,K=11,12,13")):
+        for i in range(5):
+            p = task.problem(split, 7, i)
+            assert card_line(p.data["cards"], rule, "make 24") == task.prompt(p)
+
+
+def test_card_documents_follow_their_rule(corpus):
+    rules = Counter()
+    for doc in corpus:
+        if not doc[0]["content"].startswith("cards"):
+            continue
+        cards, rule, ask = parse_card_prompt(doc[0]["content"])
+        rules[rule] += 1
+        values = rule_values(cards, rule)
+        if ask == "values":
+            assert doc[1]["content"] == " ".join(map(str, values))
+            continue
+        final = worked_formula(doc[-1]["content"], values)
+        assert parse_formula(final).value == 24
+        assert Counter(parse_formula(final).numbers) == Counter(values)
+    assert {"J,Q,K=10", "J,Q,K=11,12,13"} <= set(rules) and len(rules) >= 4
+
+
+def test_revisions_are_wrong_then_right_with_the_verifiers_feedback(corpus):
+    task = get_task("gp24")
+    revisions = [doc for doc in corpus if len(doc) > 2]
+    assert revisions
+    for doc in revisions:
+        cards, rule, _ = parse_card_prompt(doc[0]["content"])
+        problem = Problem("gp24", "id", 0, 0, {"cards": cards, "values": rule_values(cards, rule), "target": 24})
+        assert [m["role"] for m in doc] == ["user", "assistant"] * (len(doc) // 2)
+        for attempt, feedback in zip(doc[1:-1:2], doc[2:-1:2], strict=True):
+            formula = attempt["content"].rsplit(" = ", 1)[0]
+            verdict = task.verify(problem, f"formula: {formula}")
+            assert not verdict.correct
+            assert feedback["content"] == task.feedback_turn(verdict)
+        assert task.verify(problem, "formula: " + doc[-1]["content"].rsplit(" = ", 1)[0]).correct
+
+
+def test_matrix_facts_are_exact(corpus):
+    docs = [doc for doc in corpus if doc[0]["content"].startswith(("rank", "det"))]
+    assert docs
+    for doc in docs:
+        word, matrix = re.fullmatch(r"(rank|det) of (\[.*\])\?", doc[0]["content"]).groups()
+        m = np.array(json.loads(matrix), dtype=float)
+        expected = np.linalg.matrix_rank(m) if word == "rank" else round(np.linalg.det(m))
+        assert doc[1]["content"] == f"{word} = {expected}"
+
+
+def test_arithmetic_is_exact(corpus):
+    for doc in corpus:
+        if doc[0]["content"].startswith("compute"):
+            formula = doc[0]["content"].removeprefix("compute ")
+            assert doc[1]["content"].startswith(formula + " = ")
+            worked_formula(doc[1]["content"], [])
