@@ -31,9 +31,9 @@ class _Section(BaseModel):
 
 
 class EvalSection(_Section):
-    episodes: int = Field(300, ge=1, description="episodes per (checkpoint, task, split) eval set")
+    episodes: int = Field(150, ge=1, description="episodes per (checkpoint, task, split) eval set")
     seed: int = Field(0, ge=0, description="eval-set seed (the frozen problems)")
-    batch_size: int = Field(256, ge=1, description="chats per generate call (small models: large is faster)")
+    batch_size: int = Field(150, ge=1, description="chats per generate call")
     max_new_tokens: int = Field(40, ge=1, description="longest attempt, in tokens")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     max_attempts: int | None = Field(None, ge=1, description="None = each task's default")
@@ -45,7 +45,9 @@ class RLSection(_Section):
         "auto", description="SFT steps to start RL from; auto spreads them over the ID-success range, "
         "always with the OOD peak and the last checkpoint")
     n_starts: int = Field(3, ge=1, description="how many starts `auto` picks")
-    ppo: PPOConfig = Field(default_factory=PPOConfig, description="settings when algo is ppo")
+    ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(updates=6, episodes_per_update=16, lr=1e-4,
+                                                             max_new_tokens=40, save_every=6),
+                           description="settings when algo is ppo (defaults sized for the built-in model on CPU)")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings when algo is grpo")
 
     @model_validator(mode="before")
@@ -101,7 +103,7 @@ class StudyConfig(_Section):
     profile: str = "compact"
     seed: int = Field(0, ge=0)
     eval: EvalSection = Field(default_factory=EvalSection)
-    sft: SFTConfig = Field(default_factory=SFTConfig)
+    sft: SFTConfig = Field(default_factory=lambda: SFTConfig(schedule="log:8"))
     rl: RLSection = Field(default_factory=RLSection)
     spectral: SpectralSection = Field(default_factory=SpectralSection)
     edits: EditsSection = Field(default_factory=EditsSection)
