@@ -13,13 +13,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlheal.provenance import stable_hash
+from rlheal.spectral.weights import DECODER_MODULES, MODULES
 from rlheal.tasks import TASK_NAMES
-from rlheal.tasks.base import PROFILES, SPLITS
+from rlheal.tasks.base import PROFILES, SPLITS, check_names
 from rlheal.train.grpo import GRPOConfig
 from rlheal.train.ppo import PPOConfig
 from rlheal.train.sft import SFTConfig
-
-MODULES = ("q", "k", "v", "o", "gate", "up", "down", "embed", "head")
 
 
 class ConfigError(ValueError):
@@ -67,16 +66,13 @@ class SpectralSection(_Section):
     references: list[Literal["base", "ood-peak"]] = Field(default_factory=lambda: ["base", "ood-peak"])
     k: list[float] = Field(default_factory=lambda: [0.2], min_length=1,
                            description="top/tail subspace sizes: a fraction of the rank (≤ 1) or a count (> 1)")
-    modules: list[str] = Field(default_factory=lambda: list(MODULES[:7]), min_length=1)
+    modules: list[str] = Field(default_factory=lambda: list(DECODER_MODULES), min_length=1)
     targets: Literal["sft", "sft+rl"] = "sft+rl"
 
     @field_validator("modules")
     @classmethod
     def _known_modules(cls, value: list[str]) -> list[str]:
-        bad = [m for m in value if m not in MODULES]
-        if bad:
-            raise ValueError(f"unknown modules {bad}; valid: {', '.join(MODULES)}")
-        return value
+        return check_names("modules", value, MODULES)
 
     @field_validator("k")
     @classmethod
@@ -131,25 +127,17 @@ class StudyConfig(_Section):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:
-        bad = [t for t in value if t not in TASK_NAMES]
-        if bad:
-            raise ValueError(f"unknown tasks {bad}; valid: {', '.join(TASK_NAMES)}")
-        return value
+        return check_names("tasks", value, TASK_NAMES)
 
     @field_validator("splits")
     @classmethod
     def _known_splits(cls, value: list[str]) -> list[str]:
-        bad = [s for s in value if s not in SPLITS]
-        if bad:
-            raise ValueError(f"unknown splits {bad}; valid: {', '.join(SPLITS)}")
-        return value
+        return check_names("splits", value, SPLITS)
 
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"unknown profile {value!r}; valid: {', '.join(PROFILES)}")
-        return value
+        return check_names("profile", [value], PROFILES)[0]
 
     def fingerprint(self) -> str:
         """A hash of everything that changes results; a run folder made by another fingerprint is refused."""

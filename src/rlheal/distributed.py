@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rlheal.evaluate import EVALS, EvalConfigError, LoadBackend, eval_problems, evaluate
+from rlheal.evaluate import EVALS, LoadBackend, eval_problems, evaluate
 from rlheal.rollout import Decoding, Generation, Messages, play
 from rlheal.store import Store
 from rlheal.tasks.base import SPLITS, Task
@@ -161,18 +161,12 @@ def distributed_evaluate(
     shard of the eval set, and the episodes are gathered; rank 0 turns them into rows with `evaluate` (one
     store, written by rank 0 only). Returns the rows of all combinations on every rank. Call it on every rank.
     """
-    from rlheal.evaluate import eval_set_id, hf_backend_loader
+    from rlheal.evaluate import check_settings, eval_set_id, get_tasks, hf_backend_loader
     from rlheal.models.checkpoint import check_checkpoint
-    from rlheal.tasks import get_task
 
     rank, world = ensure_process_group()
-    bad = [s for s in splits if s not in SPLITS]
-    if bad or not splits:
-        raise EvalConfigError(f"splits {list(splits)}: each must be one of {', '.join(SPLITS)}")
-    try:
-        task_objs = [t if isinstance(t, Task) else get_task(t, profile) for t in tasks]
-    except (KeyError, ValueError) as exc:
-        raise EvalConfigError(f"tasks {list(tasks)}: {exc}") from exc
+    check_settings(splits, episodes, profile, max_attempts)
+    task_objs = get_tasks(tasks, profile)
     folders = [check_checkpoint(Path(c)).resolve() for c in checkpoints]
     db = None
     if rank == 0:

@@ -124,7 +124,8 @@ def _load_hf_backend(folder: Path, *, batch_size: int, device: str | None) -> Ba
     return HFBackend(model, tokenizer, batch_size=batch_size, name=str(folder))
 
 
-def _get_tasks(names: Sequence[str | Task], profile: str) -> list[Task]:
+def get_tasks(names: Sequence[str | Task], profile: str) -> list[Task]:
+    """Task objects for names (in `profile`) or Task objects; EvalConfigError for an unknown name."""
     from rlheal.tasks import get_task
 
     tasks = []
@@ -139,7 +140,8 @@ def _get_tasks(names: Sequence[str | Task], profile: str) -> list[Task]:
     return tasks
 
 
-def _check_settings(splits: Sequence[str], episodes: int, profile: str, max_attempts: int | None) -> None:
+def check_settings(splits: Sequence[str], episodes: int, profile: str, max_attempts: int | None) -> None:
+    """Raise EvalConfigError for unknown splits or profile, or non-positive episodes/max_attempts."""
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
         raise EvalConfigError(f"splits {list(splits)}: each must be one of {', '.join(SPLITS)}")
@@ -176,8 +178,8 @@ def evaluate(
     row is stored. Raises EvalConfigError for invalid settings and CheckpointError for a checkpoint
     folder that is not whole, before any work.
     """
-    _check_settings(splits, episodes, profile, max_attempts)
-    task_objs = _get_tasks(tasks, profile)
+    check_settings(splits, episodes, profile, max_attempts)
+    task_objs = get_tasks(tasks, profile)
     folders = [check_checkpoint(Path(c)).resolve() for c in checkpoints]
     manifests = {folder: read_manifest(folder) for folder in folders}
     load_backend = load_backend or hf_backend_loader(batch_size)

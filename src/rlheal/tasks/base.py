@@ -25,6 +25,14 @@ UNPARSEABLE = "unparseable"  # no answer in the profile's format was found
 VERDICT_KINDS: tuple[str, ...] = (CORRECT, WRONG_VALUE, WRONG_NUMBERS, ILLEGAL, UNPARSEABLE)
 
 
+def check_names(kind: str, names: list[str], valid: tuple[str, ...]) -> list[str]:
+    """Return `names` if each is in `valid`, else raise ValueError naming the unknown ones and the valid ones."""
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"unknown {kind} {unknown}; valid: {', '.join(valid)}")
+    return names
+
+
 def check_split(split: str) -> str:
     """Return `split` if it is a known split, else raise ValueError listing the valid ones."""
     if split not in SPLITS:

@@ -31,7 +31,7 @@ from rlheal.atomic import write_text
 from rlheal.models.checkpoint import CheckpointError, Manifest, check_checkpoint, read_manifest, save_model
 from rlheal.provenance import stable_hash
 from rlheal.store import Store, Table
-from rlheal.tasks.base import PROFILES
+from rlheal.tasks.base import PROFILES, check_names
 from rlheal.train.schedule import ScheduleError, resolve_schedule
 
 LOSSES = Table(
@@ -77,17 +77,12 @@ class SFTConfig(BaseModel):
     def _known_tasks(cls, value: list[str]) -> list[str]:
         from rlheal.tasks import TASK_NAMES
 
-        unknown = [name for name in value if name not in TASK_NAMES]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; valid: {', '.join(TASK_NAMES)}")
-        return value
+        return check_names("tasks", value, TASK_NAMES)
 
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"unknown profile {value!r}; valid: {', '.join(PROFILES)}")
-        return value
+        return check_names("profile", [value], PROFILES)[0]
 
     @field_validator("schedule")
     @classmethod
