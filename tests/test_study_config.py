@@ -89,3 +89,9 @@ def test_auto_starts_include_peak_and_last_and_spread_over_id():
 def test_auto_starts_with_few_checkpoints():
     assert choose_rl_starts(_rows([0.0, 0.3], [0.0, 0.5]), 4) == [10]
     assert choose_rl_starts([], 4) == []
+
+
+def test_study_defaults_apply_with_and_without_a_section():
+    for cfg in (parse_config({}), parse_config({"sft": {"lr": 1e-3}, "rl": {"ppo": {"epochs": 2}}}), StudyConfig()):
+        assert cfg.sft.schedule == "log:8" and cfg.rl.ppo.updates == 6
+    assert parse_config({"rl": {"ppo": {"updates": 9}}}).rl.ppo.updates == 9

@@ -20,6 +20,12 @@ from rlheal.train.grpo import GRPOConfig
 from rlheal.train.ppo import PPOConfig
 from rlheal.train.sft import SFTConfig
 
+# Where the study's defaults differ from the section classes' own (sized for the built-in model on a CPU).
+STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {"schedule": "log:8"},
+    "ppo": {"updates": 6, "episodes_per_update": 16, "lr": 1e-4, "max_new_tokens": 40, "save_every": 6},
+}
+
 
 class ConfigError(ValueError):
     """An invalid study config; the message lists every problem with its field."""
@@ -30,9 +36,9 @@ class _Section(BaseModel):
 
 
 class EvalSection(_Section):
-    episodes: int = Field(150, ge=1, description="episodes per (checkpoint, task, split) eval set")
+    episodes: int = Field(100, ge=1, description="episodes per (checkpoint, task, split) eval set")
     seed: int = Field(0, ge=0, description="eval-set seed (the frozen problems)")
-    batch_size: int = Field(150, ge=1, description="chats per generate call")
+    batch_size: int = Field(100, ge=1, description="chats per generate call")
     max_new_tokens: int = Field(40, ge=1, description="longest attempt, in tokens")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     max_attempts: int | None = Field(None, ge=1, description="None = each task's default")
@@ -44,9 +50,7 @@ class RLSection(_Section):
         "auto", description="SFT steps to start RL from; auto spreads them over the ID-success range, "
         "always with the OOD peak and the last checkpoint")
     n_starts: int = Field(3, ge=1, description="how many starts `auto` picks")
-    ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(updates=6, episodes_per_update=16, lr=1e-4,
-                                                             max_new_tokens=40, save_every=6),
-                           description="settings when algo is ppo (defaults sized for the built-in model on CPU)")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="settings when algo is ppo")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings when algo is grpo")
 
     @model_validator(mode="before")
@@ -99,7 +103,7 @@ class StudyConfig(_Section):
     profile: str = "compact"
     seed: int = Field(0, ge=0)
     eval: EvalSection = Field(default_factory=EvalSection)
-    sft: SFTConfig = Field(default_factory=lambda: SFTConfig(schedule="log:8"))
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     rl: RLSection = Field(default_factory=RLSection)
     spectral: SpectralSection = Field(default_factory=SpectralSection)
     edits: EditsSection = Field(default_factory=EditsSection)
@@ -113,14 +117,14 @@ class StudyConfig(_Section):
         shared = {k: data[k] for k in ("model", "tasks", "profile", "seed") if k in data}
         sft = data.get("sft", {})
         if isinstance(sft, dict):
-            data["sft"] = {**shared, **sft}
+            data["sft"] = {**STUDY_DEFAULTS["sft"], **shared, **sft}
         rl = data.get("rl", {})
         if isinstance(rl, dict):
             passed = {k: v for k, v in shared.items() if k in ("profile", "seed")}
             rl = dict(rl)
             for algo in ("ppo", "grpo"):
                 if isinstance(rl.get(algo, {}), dict):
-                    rl[algo] = {**passed, **rl.get(algo, {})}
+                    rl[algo] = {**STUDY_DEFAULTS.get(algo, {}), **passed, **rl.get(algo, {})}
             data["rl"] = rl
         return data
 
