@@ -95,3 +95,13 @@ def test_study_defaults_apply_with_and_without_a_section():
     for cfg in (parse_config({}), parse_config({"sft": {"lr": 1e-3}, "rl": {"ppo": {"epochs": 2}}}), StudyConfig()):
         assert cfg.sft.schedule == "log:8" and cfg.rl.ppo.updates == 6
     assert parse_config({"rl": {"ppo": {"updates": 9}}}).rl.ppo.updates == 9
+
+
+def test_auto_starts_skip_checkpoints_without_the_answer_format():
+    rows = _rows([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.1, 0.2])
+    for r in rows:
+        r["format_error_rate"] = 1.0 if r["step"] <= 10 else 0.5
+    assert choose_rl_starts(rows, 3) == [20, 30]
+    for r in rows:
+        r["format_error_rate"] = 1.0
+    assert choose_rl_starts(rows, 2) == [10, 30]  # nothing parses anywhere: fall back to every step

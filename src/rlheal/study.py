@@ -76,13 +76,15 @@ def claim_run_folder(root: Path, cfg: StudyConfig) -> Run:
 
 def choose_rl_starts(sft_rows: Sequence[dict[str, Any]], n: int) -> list[int]:
     """`auto` RL starts for one task: the OOD peak, the last step, and steps whose ID success is nearest to
-    evenly spaced levels between the lowest and highest ID success (step 0, the base, is never chosen).
+    evenly spaced levels between the lowest and highest ID success (step 0, the base, is never chosen, nor
+    a checkpoint none of whose ID answers parse, where RL has no learning signal, unless all are such).
 
     `sft_rows` are the task's SFT eval rows (both splits). Returns ascending steps, at most max(n, 2).
     """
     ood = {r["step"]: r["success_rate"] for r in sft_rows if r["split"] == "ood" and r["step"] > 0}
     idr = {r["step"]: r["success_rate"] for r in sft_rows if r["split"] == "id" and r["step"] > 0}
-    steps = sorted(set(ood) & set(idr))
+    no_format = {r["step"] for r in sft_rows if r["split"] == "id" and r.get("format_error_rate") == 1.0}
+    steps = sorted((set(ood) & set(idr)) - no_format) or sorted(set(ood) & set(idr))
     if not steps:
         return []
     peak = max(steps, key=lambda s: (ood[s], -s))
