@@ -26,34 +26,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from rlheal.store import Store
-from rlheal.train.ppo import RL_UPDATES, STEP_FOLDER, RLResult, rl_checkpoints, update_row
+from rlheal.train.ppo import RL_UPDATES, STEP_FOLDER, RLResult, RLSettings, rl_checkpoints, update_row
 
 
-class GRPOConfig(BaseModel):
+class GRPOConfig(RLSettings):
     """GRPO settings (passed on to TRL's GRPOConfig where a field of the same meaning exists)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    task: str = Field("gp24", description="task trained on (its ID split)")
-    profile: Literal["compact", "paper"] = Field("compact", description="prompt profile of the task")
     updates: int = Field(100, ge=1, description="rollouts, each followed by num_iterations optimiser steps")
     prompts_per_update: int = Field(8, ge=1, description="problems per update, over all processes")
     num_generations: int = Field(8, ge=2, description="episodes per problem (the GRPO group)")
-    max_attempts: int | None = Field(None, ge=1, description="attempts per episode; None = the task's default")
     lr: float = Field(1e-5, gt=0.0, description="learning rate (constant)")
     beta: float = Field(0.0, ge=0.0, description="KL coefficient to the start (TRL's beta; 0 = no reference)")
     epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="ratio clip")
     num_iterations: int = Field(1, ge=1, description="optimisation passes per rollout (TRL's μ)")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("dapo", description="TRL's loss aggregation")
     temperature: float = Field(1.0, gt=0.0, description="rollout temperature (GRPO needs diverse groups)")
-    max_new_tokens: int = Field(64, ge=1, description="longest attempt, in tokens")
-    rollout_batch_size: int = Field(16, ge=1, description="chats per generate call")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="gradient clipping norm")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory on large models")
-    save_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and the last)")
     seed: int = Field(0, ge=0, description="seed of problems, sampling and shuffling")
 
 

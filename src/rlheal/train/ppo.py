@@ -65,16 +65,25 @@ RL_UPDATES = Table(
 STEP_FOLDER = "step-{:06d}"
 
 
-class PPOConfig(BaseModel):
-    """Turn-level PPO settings; defaults follow the paper except the learning rate (sized for small models)."""
+class RLSettings(BaseModel):
+    """Settings every RL algorithm here shares: what it trains on, how it plays episodes, when it saves."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task: str = Field("gp24", description="task trained on (its ID split)")
     profile: Literal["compact", "paper"] = Field("compact", description="prompt profile of the task")
+    max_attempts: int | None = Field(None, ge=1, description="attempts per episode; None = the task's default")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="gradient clipping norm")
+    max_new_tokens: int = Field(64, ge=1, description="longest attempt, in tokens")
+    rollout_batch_size: int = Field(16, ge=1, description="chats per generate call")
+    save_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and the last)")
+
+
+class PPOConfig(RLSettings):
+    """Turn-level PPO settings; defaults follow the paper except the learning rate (sized for small models)."""
+
     updates: int = Field(100, ge=1, description="PPO updates (rollout + optimisation) to run")
     episodes_per_update: int = Field(64, ge=1, description="episodes played per update, over all processes")
-    max_attempts: int | None = Field(None, ge=1, description="attempts per episode; None = the task's default")
     gamma: float = Field(0.9, ge=0.0, le=1.0, description="discount between attempts")
     lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ")
     clip: float = Field(0.1, gt=0.0, lt=1.0, description="PPO ratio clip ε")
@@ -83,15 +92,11 @@ class PPOConfig(BaseModel):
     minibatch_size: int = Field(16, ge=1, description="steps (attempts) per minibatch, per process")
     lr: float = Field(1e-5, gt=0.0, description="AdamW learning rate (paper: 1e-6 for 7-11B models)")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="gradient clipping norm")
     value_coef: float = Field(0.5, ge=0.0, description="weight of the value loss")
     kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the starting model, subtracted from rewards")
     entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus")
     track_kl: bool = Field(True, description="keep a frozen copy of the start to log KL (needed if kl_coef > 0)")
     temperature: float = Field(0.2, gt=0.0, description="rollout sampling temperature (also scales logits)")
-    max_new_tokens: int = Field(64, ge=1, description="longest attempt, in tokens")
-    rollout_batch_size: int = Field(16, ge=1, description="chats per generate call")
-    save_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and the last)")
     seed: int = Field(0, ge=0, description="training seed: problems, sampling, shuffling, value head init")
 
     def model_post_init(self, _context: Any) -> None:
