@@ -36,7 +36,7 @@ def test_examples_are_conversational_prompt_completion_pairs():
     p = task.problem("id", 5, 2)
     assert examples[2] == {"prompt": [{"role": "user", "content": task.prompt(p)}],
                            "completion": [{"role": "assistant", "content": task.answer(p)}]}
-    assert all(e["completion"][0]["content"].startswith("formula: ") for e in examples)
+    assert all(e["completion"][0]["content"].startswith("numbers: ") for e in examples)
 
 
 def test_answer_tokens_are_the_completion_and_its_end_token():

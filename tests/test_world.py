@@ -43,6 +43,18 @@ def worked_formula(text: str, values: list[int]) -> str:
     return formula
 
 
+HAND = re.compile(r"(?:|values |numbers: |card values: |\[)([0-9 ]+?)(?: ->|, so| \| solution:|;|\]) (.+) = (\S+)")
+
+
+def worked_hand(text: str) -> tuple[list[int], str]:
+    """(values stated, formula) of a hand answer such as `13 5 2 1 -> (13-5)*(2+1) = 24`."""
+    match = HAND.fullmatch(text)
+    assert match, text
+    formula = match.group(2)
+    assert parse_formula(formula).value == Fraction(match.group(3))  # the stated value is the exact value
+    return [int(v) for v in match.group(1).split()], formula
+
+
 def test_same_seed_same_corpus_other_seed_other_corpus():
     spec = WorldSpec.tiny()
     assert generate_corpus(spec, 0) == generate_corpus(spec, 0)
@@ -88,7 +100,7 @@ def test_card_lines_are_the_compact_task_prompts():
 
 
 def test_card_documents_follow_their_rule(corpus):
-    rules = Counter()
+    rules, layouts = Counter(), Counter()
     for doc in corpus:
         if not doc[0]["content"].startswith("cards"):
             continue
@@ -98,10 +110,13 @@ def test_card_documents_follow_their_rule(corpus):
         if ask == "values":
             assert doc[1]["content"] == " ".join(map(str, values))
             continue
-        final = worked_formula(doc[-1]["content"], values)
+        stated, final = worked_hand(doc[-1]["content"])
+        assert stated == values  # the values are read first, under the stated rule
+        layouts[doc[-1]["content"][:3]] += 1
         assert parse_formula(final).value == 24
         assert Counter(parse_formula(final).numbers) == Counter(values)
     assert {"J,Q,K=10", "J,Q,K=11,12,13"} <= set(rules) and len(rules) >= 4
+    assert {"val", "num", "car", "[", } <= {k.rstrip("0123456789 ") or k for k in layouts}  # several layouts
 
 
 def test_revisions_are_wrong_then_right_with_the_verifiers_feedback(corpus):
@@ -113,11 +128,11 @@ def test_revisions_are_wrong_then_right_with_the_verifiers_feedback(corpus):
         problem = Problem("gp24", "id", 0, 0, {"cards": cards, "values": rule_values(cards, rule), "target": 24})
         assert [m["role"] for m in doc] == ["user", "assistant"] * (len(doc) // 2)
         for attempt, feedback in zip(doc[1:-1:2], doc[2:-1:2], strict=True):
-            formula = attempt["content"].rsplit(" = ", 1)[0]
+            formula = worked_hand(attempt["content"])[1]
             verdict = task.verify(problem, f"formula: {formula}")
             assert not verdict.correct
             assert feedback["content"] == task.feedback_turn(verdict)
-        assert task.verify(problem, "formula: " + doc[-1]["content"].rsplit(" = ", 1)[0]).correct
+        assert task.verify(problem, "formula: " + worked_hand(doc[-1]["content"])[1]).correct
 
 
 def test_matrix_facts_are_exact(corpus):

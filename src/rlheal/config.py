@@ -23,7 +23,7 @@ from rlheal.train.sft import SFTConfig
 # Where the study's defaults differ from the section classes' own (sized for the built-in model on a CPU).
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"schedule": "log:8"},
-    "ppo": {"updates": 6, "episodes_per_update": 16, "lr": 1e-4, "max_new_tokens": 40, "save_every": 6},
+    "ppo": {"updates": 6, "episodes_per_update": 16, "lr": 1e-4, "max_new_tokens": 56, "save_every": 6},
 }
 
 
@@ -39,7 +39,7 @@ class EvalSection(_Section):
     episodes: int = Field(100, ge=1, description="episodes per (checkpoint, task, split) eval set")
     seed: int = Field(0, ge=0, description="eval-set seed (the frozen problems)")
     batch_size: int = Field(100, ge=1, description="chats per generate call")
-    max_new_tokens: int = Field(40, ge=1, description="longest attempt, in tokens")
+    max_new_tokens: int = Field(56, ge=1, description="longest attempt, in tokens (a gp24 compact answer is at most ~46)")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     max_attempts: int | None = Field(None, ge=1, description="None = each task's default")
 

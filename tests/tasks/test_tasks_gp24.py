@@ -1,6 +1,7 @@
 """GeneralPoints: hands per split, determinism, verdicts and rewards, both profiles, hostile answers."""
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -148,3 +149,16 @@ def test_hostile_answers_get_a_verdict_with_a_reason(profile, text):
         v = task.verify(task.problem("ood", 0, 0), prefix + text)
         assert v.kind in (UNPARSEABLE, ILLEGAL, WRONG_NUMBERS) and not v.correct
         assert v.feedback and "\n" not in v.feedback and len(v.feedback) < 300
+
+
+@pytest.mark.parametrize("split", ["id", "ood"])
+def test_compact_answer_states_the_card_values_then_a_formula(split):
+    """Like the paper's "number" field: the values under the split's rule (K is 10 in ID, 13 in OOD)."""
+    task = get_task("gp24")
+    face = {"J": 11, "Q": 12, "K": 13}
+    for p in task.problems(split, 3, 20):
+        numbers, formula = re.fullmatch(r"numbers: ([0-9 ]+) \| formula: (\S+)", task.answer(p)).groups()
+        ranks = [card[:-1] for card in p.data["cards"]]
+        expected = [1 if r == "A" else (10 if split == "id" else face[r]) if r in face else int(r) for r in ranks]
+        assert [int(n) for n in numbers.split()] == expected
+        assert task.verify(p, f"formula: {formula}").correct

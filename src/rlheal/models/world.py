@@ -1,12 +1,14 @@
 """The pretraining world of the built-in model: a seeded generator of chat documents (pure Python).
 
 It gives the base model the abilities the study needs before SFT, written in another answer format than
-the compact SFT answer (`formula: ...` / `answer: ...`), so that, like a real base LLM, it can solve the
+the compact SFT answer (`numbers: ... | formula: ...` / `answer: ...`), so that, like a real base LLM, it can solve the
 tasks but fails the SFT format. Document kinds (design and reasons in docs/BUILTIN_MODEL.md):
 
 - `arith`: `compute (13-5)*(2+1)` -> `(13-5)*(2+1) = 24` (exact values, fractions as `7/2`);
 - `values`: a gp24-style card line under a stated face-card rule -> the card values (`13 5 2 1`);
-- `solve`: the gp24 compact prompt under a stated rule -> `(13-5)*(2+1) = 24`;
+- `solve`: the gp24 compact prompt under a stated rule -> the card values read, then the worked formula, in
+  one of several layouts (`13 5 2 1 -> (13-5)*(2+1) = 24`, `values 13 5 2 1, so ...`: the steps of the SFT
+  answer `numbers: ... | formula: ...`, never in its layout);
 - `revise`: the same prompt, a wrong attempt, the verifier's feedback turn, a corrected attempt;
 - `matrix`: the rank/det compact prompts -> `rank = 3` / `det = -12`.
 
@@ -26,7 +28,7 @@ from rlheal.tasks.arith import parse_formula, show_value
 from rlheal.tasks.gp24 import RANKS, SUITS, draw_ranks, judge_formula
 from rlheal.tasks.solver24 import solvable, solve
 
-WORLD_VERSION = "1"
+WORLD_VERSION = "3"
 TARGET = 24
 Messages = list[dict[str, str]]
 
@@ -65,8 +67,25 @@ def card_line(cards: list[str], rule: str, ask: str) -> str:
 
 
 def worked(formula: str) -> str:
-    """The pretraining answer format: the formula, then `=` and its exact value."""
+    """The pretraining answer format of a formula: the formula, then `=` and its exact value."""
     return f"{formula} = {show_value(parse_formula(formula).value)}"
+
+
+# How a hand's answer is written: the card values read, then the worked formula, in one of several layouts,
+# so that (like a real base LLM) the base knows the content apart from the layout. None is the SFT layout
+# `numbers: ... | formula: ...` (no `formula:` or `answer:` key, which the verifiers read).
+HAND_LAYOUTS: tuple[str, ...] = (
+    "{values} -> {worked}",
+    "values {values}, so {worked}",
+    "numbers: {values} | solution: {worked}",
+    "card values: {values}; {worked}",
+    "[{values}] {worked}",
+)
+
+
+def worked_hand(values: list[int], formula: str, layout: int = 0) -> str:
+    """The pretraining answer to a hand in `HAND_LAYOUTS[layout]`, e.g. `13 5 2 1 -> (13-5)*(2+1) = 24`."""
+    return HAND_LAYOUTS[layout].format(values=" ".join(map(str, values)), worked=worked(formula))
 
 
 def draw_hand(rng: random.Random, rule: str) -> tuple[list[str], list[int]]:
@@ -132,12 +151,14 @@ def values_doc(rng: random.Random) -> Messages:
 def solve_doc(rng: random.Random) -> Messages:
     rule = pick_rule(rng)
     cards, values = draw_hand(rng, rule)
+    layout = rng.randrange(len(HAND_LAYOUTS))
     return [{"role": "user", "content": card_line(cards, rule, f"make {TARGET}")},
-            {"role": "assistant", "content": worked(pick_solution(rng, values))}]
+            {"role": "assistant", "content": worked_hand(values, pick_solution(rng, values), layout)}]
 
 
-def wrong_attempt(rng: random.Random, rule: str, cards: list[str], values: list[int]) -> str:
-    """A plausible wrong formula: solved under another rule (a misread rule), or a correct one perturbed."""
+def wrong_attempt(rng: random.Random, rule: str, cards: list[str], values: list[int]) -> tuple[list[int], str]:
+    """A plausible wrong attempt (values read, formula): a hand solved under another rule (a misread rule),
+    or the right values with a correct formula perturbed."""
     ranks = [RANKS.index(c[:-1]) + 1 for c in cards]
     if rng.random() < 0.5:
         others = [r for r in RULES if r != rule and [RULES[r](k) for k in ranks] != values]
@@ -145,7 +166,7 @@ def wrong_attempt(rng: random.Random, rule: str, cards: list[str], values: list[
         for other in others:
             misread = [RULES[other](k) for k in ranks]
             if solvable(misread, TARGET):
-                return rng.choice(solve(misread, TARGET))
+                return misread, rng.choice(solve(misread, TARGET))
     formula = pick_solution(rng, values)
     for _ in range(20):
         spots = [i for i, ch in enumerate(formula) if ch in "+-*/"]
@@ -153,10 +174,10 @@ def wrong_attempt(rng: random.Random, rule: str, cards: list[str], values: list[
         candidate = formula[:i] + rng.choice([op for op in "+-*/" if op != formula[i]]) + formula[i + 1:]
         try:
             if parse_formula(candidate).value != TARGET:
-                return candidate
+                return values, candidate
         except ValueError:
             continue
-    return formula.replace(str(values[0]), str(values[0] + 1), 1)  # wrong numbers as a last resort
+    return values, formula.replace(str(values[0]), str(values[0] + 1), 1)  # wrong numbers as a last resort
 
 
 def feedback_turn(formula: str, values: list[int]) -> str:
@@ -168,23 +189,24 @@ def feedback_turn(formula: str, values: list[int]) -> str:
 def revise_doc(rng: random.Random) -> Messages:
     rule = pick_rule(rng)
     cards, values = draw_hand(rng, rule)
+    layout = rng.randrange(len(HAND_LAYOUTS))
     messages = [{"role": "user", "content": card_line(cards, rule, f"make {TARGET}")}]
     for _ in range(rng.choice((1, 1, 2))):
-        wrong = wrong_attempt(rng, rule, cards, values)
+        read, wrong = wrong_attempt(rng, rule, cards, values)
         if judge_formula(wrong, values, TARGET).correct:
             break
-        messages.append({"role": "assistant", "content": _claimed(wrong)})
+        messages.append({"role": "assistant", "content": _claimed(read, wrong, layout)})
         messages.append({"role": "user", "content": feedback_turn(wrong, values)})
-    messages.append({"role": "assistant", "content": worked(pick_solution(rng, values))})
+    messages.append({"role": "assistant", "content": worked_hand(values, pick_solution(rng, values), layout)})
     return messages
 
 
-def _claimed(formula: str) -> str:
-    """A wrong attempt as a base model writes it: the formula with its true value."""
+def _claimed(read: list[int], formula: str, layout: int) -> str:
+    """A wrong attempt as a base model writes it: the values it read, the formula with its true value."""
     try:
-        return worked(formula)
-    except ValueError:
-        return f"{formula} = {TARGET}"
+        return worked_hand(read, formula, layout)
+    except ValueError:  # division by zero: the claim is the target
+        return HAND_LAYOUTS[layout].format(values=" ".join(map(str, read)), worked=f"{formula} = {TARGET}")
 
 
 def matrix_doc(rng: random.Random) -> Messages:

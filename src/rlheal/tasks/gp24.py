@@ -118,8 +118,8 @@ class GeneralPoints(Task):
 
     def answer(self, problem: Problem) -> str:
         formula = self.solve(problem)[0]
-        if self.profile == "compact":
-            return f"formula: {formula}"
+        if self.profile == "compact":  # the paper's "number" field first, then the formula, on one line
+            return f"numbers: {' '.join(map(str, problem.data['values']))} | formula: {formula}"
         ranks = [card[:-1] for card in problem.data["cards"]]
         return json.dumps({"cards": ranks, "number": problem.data["values"], "formula": formula})
 
