@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -61,10 +62,10 @@ def bench_probe(args) -> dict:
     from rlheal.train.sft import resolve_model
 
     class WorkedFormat(GeneralPoints):
-        """gp24 read in the pretraining world's format: `<values> -> <formula> = <value>`."""
+        """gp24 read in the pretraining world's layouts (`<values> -> <formula> = <value>`, ...)."""
 
         def verify(self, problem, text):
-            text = text.split("->", 1)[-1]
+            text = re.split(r"->|, so|solution:|;|\]", text, maxsplit=1)[-1]
             formula = text.rsplit("=", 1)[0].strip() if "=" in text else text.strip()
             return judge_formula(formula, problem.data["values"], problem.data["target"])
 
