@@ -32,6 +32,16 @@ def test_a_section_can_override_a_shared_field():
     assert cfg.seed == 3 and cfg.sft.seed == 7
 
 
+def test_seed_override_reaches_every_section_of_the_default_and_of_a_file(tmp_path):
+    for cfg in (load_config(None, seed=2), load_config(CONFIGS / "default.yaml", seed=2)):
+        assert (cfg.seed, cfg.sft.seed, cfg.rl.ppo.seed, cfg.rl.grpo.seed) == (2, 2, 2, 2)
+        assert cfg.fingerprint() != StudyConfig().fingerprint()
+    own = tmp_path / "own.yaml"
+    own.write_text("seed: 1\nsft: {seed: 7}\n")
+    cfg = load_config(own, seed=4)
+    assert (cfg.seed, cfg.sft.seed, cfg.rl.ppo.seed) == (4, 7, 4)  # a section's own seed still wins
+
+
 def test_not_a_mapping_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
         parse_config([1, 2])

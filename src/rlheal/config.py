@@ -168,10 +168,13 @@ def parse_config(data: Any, source: str = "config") -> StudyConfig:
         raise ConfigError(_format_errors(source, exc)) from None
 
 
-def load_config(path: str | Path | None = None) -> StudyConfig:
-    """Read and validate a YAML study config; None gives the built-in default (`configs/default.yaml`)."""
+def load_config(path: str | Path | None = None, seed: int | None = None) -> StudyConfig:
+    """Read and validate a YAML study config; None gives the built-in default (`configs/default.yaml`).
+
+    `seed` replaces the config's top-level seed (passed down to every section that does not set its own).
+    """
     if path is None:
-        return StudyConfig()
+        return parse_config({} if seed is None else {"seed": seed}, source="the built-in default")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -179,6 +182,8 @@ def load_config(path: str | Path | None = None) -> StudyConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if seed is not None and isinstance(data, dict):
+        data = {**data, "seed": seed}
     return parse_config(data, source=str(path))
 
 

@@ -1,4 +1,5 @@
-"""`rlheal study` (the whole study from one config) and `rlheal report` (rebuild the report from the store)."""
+"""`rlheal study` (the whole study from one config), `rlheal report` (rebuild the report from the store) and
+`rlheal compare` (the findings over several runs of one study, e.g. seeds)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command("study")(study)
     app.command("report")(report)
+    app.command("compare")(compare)
 
 
 def study(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML (default: the built-in study, "
                                                 "configs/default.yaml)")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default: runs/study-<fingerprint>)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="replaces the config's seed (SFT data order, RL "
+                                             "sampling); one run folder per seed")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
 ) -> None:
     """Run the whole study (base → SFT → eval → RL → eval → spectrum → edits → report); rerun to resume."""
@@ -24,7 +28,7 @@ def study(
     from rlheal.study import StudyError, run_study
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, seed=seed)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
@@ -49,3 +53,23 @@ def report(run: Annotated[Path, typer.Argument(help="a run folder holding result
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"report written to {path}")
+
+
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="run folders of one study config that differ only in --seed")],
+    task: Annotated[list[str] | None, typer.Option("--task", help="task(s) to report (default: all evaluated)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="also write the Markdown to this file")] = None,
+) -> None:
+    """The paper's findings pooled over several runs (episodes pooled, spread over seeds), as Markdown."""
+    from rlheal.atomic import write_text
+    from rlheal.report.compare import compare_markdown
+    from rlheal.store import StoreError
+
+    try:
+        markdown = compare_markdown(runs, task)
+    except (StoreError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(markdown, nl=False)
+    if out is not None:
+        write_text(out, markdown)
