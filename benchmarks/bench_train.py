@@ -3,10 +3,13 @@
     python benchmarks/bench_train.py pretrain          # build the default base in a fresh cache: wall time
     python benchmarks/bench_train.py sft --steps 20    # SFT tokens/s on the cached built-in base
     python benchmarks/bench_train.py probe --n 100     # what the base can do, in its own answer format
+    python benchmarks/bench_train.py failures --model RUN/sft/step-002000 --n 100   # why first attempts fail
 
 `--threads N` sets torch's intra-op threads (default: torch's own choice). `probe` plays gp24 episodes
 (5 attempts, revision feedback, greedy) on the eval problems, reading answers in the pretraining world's
 format (`<formula> = <value>`) instead of the compact SFT format, to show the ability the base has before SFT.
+`failures` counts the verifier's verdict kinds of greedy first attempts in the compact format (ID and OOD),
+and how often the answer's `numbers:` field states the card values under the prompt's rule.
 """
 
 from __future__ import annotations
@@ -89,6 +92,32 @@ def bench_probe(args) -> dict:
     return out
 
 
+def bench_failures(args) -> dict:
+    from collections import Counter
+
+    from rlheal.evaluate import eval_problems
+    from rlheal.models.checkpoint import load_model
+    from rlheal.rollout import HFBackend, play
+    from rlheal.tasks import get_task
+
+    if not args.model:
+        raise SystemExit("failures needs --model (an SFT or RL checkpoint folder)")
+    model, tokenizer = load_model(args.model)
+    backend = HFBackend(model, tokenizer, batch_size=args.n)
+    task = get_task("gp24")
+    out = {}
+    for split in ("id", "ood"):
+        problems = eval_problems(task, split, seed=0, episodes=args.n)
+        first = play(task, problems, backend, max_attempts=1)
+        stated = [re.search(r"numbers:\s*([\d ]+)\|", e.generations[0].text) for e in first]
+        values_right = sum(m is not None and [int(v) for v in m.group(1).split()] == p.data["values"]
+                           for m, p in zip(stated, problems, strict=True))
+        out[split] = {"verdict_kinds": dict(Counter(e.episode.verdicts[0].kind for e in first)),
+                      "values_stated_right": round(values_right / len(first), 3),
+                      "examples": [e.generations[0].text for e in first[:3]]}
+    return out
+
+
 def probe_values(backend, n: int) -> dict[str, float]:
     """Share of `cards: ... | <rule> | values` prompts answered with exactly the right card values, per rule."""
     import random
@@ -106,11 +135,11 @@ def probe_values(backend, n: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("pretrain", "sft", "probe"))
+    parser.add_argument("what", choices=("pretrain", "sft", "probe", "failures"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--cache", help="pretrain: cache folder (default: a fresh temporary one)")
-    parser.add_argument("--model", help="probe: a checkpoint folder (default: the built-in base)")
+    parser.add_argument("--model", help="probe: a checkpoint folder (default: the built-in base); failures: required")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -118,7 +147,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"pretrain": bench_pretrain, "sft": bench_sft, "probe": bench_probe}[args.what](args)
+    benches = {"pretrain": bench_pretrain, "sft": bench_sft, "probe": bench_probe, "failures": bench_failures}
+    result = benches[args.what](args)
     print(json.dumps({"threads": torch.get_num_threads(), **result}, indent=1))
 
 

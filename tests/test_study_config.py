@@ -58,7 +58,7 @@ def test_shipped_default_is_the_builtin_default():
     assert (CONFIGS / "default.yaml").read_text() == default_yaml()
 
 
-@pytest.mark.parametrize("name", ["quick.yaml", "qwen2.5-0.5b-1gpu.yaml"])
+@pytest.mark.parametrize("name", ["quick.yaml", "full.yaml", "qwen2.5-0.5b-1gpu.yaml"])
 def test_shipped_configs_are_valid(name):
     assert isinstance(load_config(CONFIGS / name), StudyConfig)
     assert yaml.safe_load((CONFIGS / name).read_text())

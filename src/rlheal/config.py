@@ -97,7 +97,7 @@ class EditsSection(_Section):
 class StudyConfig(_Section):
     """The whole study: model → SFT → eval → RL → eval → spectrum → edits → eval → report."""
 
-    model: str = Field("builtin", description='"builtin" or a Hugging Face checkpoint folder')
+    model: str = Field("builtin", description='"builtin", "builtin:long" (configs/full.yaml) or a Hugging Face checkpoint folder')
     tasks: list[str] = Field(default_factory=lambda: ["gp24"], min_length=1)
     splits: list[str] = Field(default_factory=lambda: list(SPLITS), min_length=1)
     profile: str = "compact"

@@ -172,15 +172,15 @@ def answer_loss(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: 
 
 
 def resolve_model(name: str, progress: bool = True) -> Path:
-    """The starting checkpoint folder: "builtin" (or "builtin:tiny", a seconds-long recipe for smoke runs) is
-    the cached built-in base, built if missing; anything else is a Hugging Face checkpoint folder."""
+    """The starting checkpoint folder: "builtin" (or "builtin:tiny", a seconds-long recipe for smoke runs, or
+    "builtin:long", the stronger base of configs/full.yaml) is the cached built-in base, built if missing;
+    anything else is a Hugging Face checkpoint folder."""
     if name.startswith("builtin"):
-        from rlheal.models.builtin import DEFAULT_RECIPE, TINY_RECIPE, builtin_base
+        from rlheal.models.builtin import RECIPES, builtin_base
 
-        recipes = {"builtin": DEFAULT_RECIPE, "builtin:tiny": TINY_RECIPE}
-        if name not in recipes:
-            raise SFTConfigError(f"unknown built-in model {name!r}; valid: {', '.join(recipes)}")
-        return builtin_base(recipes[name], progress=progress)
+        if name not in RECIPES:
+            raise SFTConfigError(f"unknown built-in model {name!r}; valid: {', '.join(RECIPES)}")
+        return builtin_base(RECIPES[name], progress=progress)
     return check_checkpoint(Path(name).expanduser())
 
 
