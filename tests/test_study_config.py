@@ -42,6 +42,40 @@ def test_seed_override_reaches_every_section_of_the_default_and_of_a_file(tmp_pa
     assert (cfg.seed, cfg.sft.seed, cfg.rl.ppo.seed) == (4, 7, 4)  # a section's own seed still wins
 
 
+def test_dotted_overrides_replace_fields_of_a_file_and_of_the_default(tmp_path):
+    cfg = load_config(CONFIGS / "full.yaml", overrides={"sft.n_train": 500, "rl.ppo.lr": 1e-6, "tasks": ["det"]})
+    assert (cfg.sft.n_train, cfg.rl.ppo.lr, cfg.tasks, cfg.sft.tasks) == (500, 1e-6, ["det"], ["det"])
+    assert cfg.sft.steps == 2000  # fields not overridden keep the file's values
+    assert load_config(None, overrides={"eval.episodes": 7}).eval.episodes == 7
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty, seed=5, overrides={"sft.steps": 3}).sft.steps == 3
+
+
+def test_a_bad_override_is_reported_like_a_bad_field(tmp_path):
+    with pytest.raises(ConfigError, match="- sft.n_trian:"):
+        load_config(None, overrides={"sft.n_trian": 5})
+    with pytest.raises(ConfigError, match="- sft.steps:"):
+        load_config(None, overrides={"sft.steps": -1})
+    with pytest.raises(ConfigError, match="seed is a value, not a section"):
+        load_config(CONFIGS / "full.yaml", overrides={"seed.x": 1})
+    with pytest.raises(ConfigError, match="- seed:"):  # the default has no such field in its data: validation says
+        load_config(None, overrides={"seed.x": 1})
+
+
+def test_study_cli_rejects_a_malformed_set_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlheal.cli import app
+
+    out = tmp_path / "run"
+    bad_pair = CliRunner().invoke(app, ["study", "--set", "sft.n_train", "--out", str(out)])
+    assert bad_pair.exit_code == 2 and "KEY=VALUE" in bad_pair.output
+    bad_field = CliRunner().invoke(app, ["study", "--set", "sft.nope=1", "--out", str(out)])
+    assert bad_field.exit_code == 2 and "sft.nope" in bad_field.output
+    assert not out.exists()
+
+
 def test_not_a_mapping_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
         parse_config([1, 2])
@@ -58,7 +92,7 @@ def test_shipped_default_is_the_builtin_default():
     assert (CONFIGS / "default.yaml").read_text() == default_yaml()
 
 
-@pytest.mark.parametrize("name", ["quick.yaml", "full.yaml", "qwen2.5-0.5b-1gpu.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     assert isinstance(load_config(CONFIGS / name), StudyConfig)
     assert yaml.safe_load((CONFIGS / name).read_text())
@@ -115,3 +149,15 @@ def test_auto_starts_skip_checkpoints_without_the_answer_format():
     for r in rows:
         r["format_error_rate"] = 1.0
     assert choose_rl_starts(rows, 2) == [10, 30]  # nothing parses anywhere: fall back to every step
+
+
+def test_set_values_are_yaml_scalars_never_code():
+    import typer
+
+    from rlheal.cli.overrides import parse_overrides
+
+    assert parse_overrides(["lr=1e-6", "a.b=true", "k=[1, 2]", "s=__import__('os')"], example="lr=1") == {
+        "lr": "1e-6", "a.b": True, "k": [1, 2], "s": "__import__('os')"}  # YAML 1.1 reads 1e-6 as text ...
+    assert load_config(None, overrides={"sft.lr": "1e-6"}).sft.lr == 1e-6  # ... and validation makes it a float
+    with pytest.raises(typer.BadParameter, match="not a YAML scalar"):
+        parse_overrides(["k=[1, 2"], example="lr=1")

@@ -6,6 +6,8 @@ Every problem in a file is reported at once, each with the path of the offending
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,23 +170,45 @@ def parse_config(data: Any, source: str = "config") -> StudyConfig:
         raise ConfigError(_format_errors(source, exc)) from None
 
 
-def load_config(path: str | Path | None = None, seed: int | None = None) -> StudyConfig:
+def load_config(
+    path: str | Path | None = None, seed: int | None = None, overrides: Mapping[str, Any] | None = None
+) -> StudyConfig:
     """Read and validate a YAML study config; None gives the built-in default (`configs/default.yaml`).
 
     `seed` replaces the config's top-level seed (passed down to every section that does not set its own).
+    `overrides` maps dotted keys to values (`{"sft.n_train": 500}`) and replaces them in the file's data
+    before validation, so a wrong key or value is reported like one in the file.
     """
-    if path is None:
-        return parse_config({} if seed is None else {"seed": seed}, source="the built-in default")
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if seed is not None and isinstance(data, dict):
-        data = {**data, "seed": seed}
-    return parse_config(data, source=str(path))
+    source = "the built-in default" if path is None else str(path)
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:  # an empty file
+        data = {}
+    if isinstance(data, dict):
+        data = apply_overrides(data, {**(overrides or {}), **({} if seed is None else {"seed": seed})})
+    return parse_config(data, source=source)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `data` with each dotted key (`sft.lr`) set to its value; sections are created as needed."""
+    data = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        *sections, leaf = dotted.split(".")
+        node = data
+        for depth, name in enumerate(sections):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                where = ".".join(sections[: depth + 1])
+                raise ConfigError(f"cannot set {dotted}: {where} is a value, not a section")
+        node[leaf] = value
+    return data
 
 
 def default_yaml() -> str:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from rlheal.cli.overrides import parse_overrides
+
 
 def _parse_steps(text: str | None) -> list[int] | None:
     if text is None or text.strip().lower() == "all":
@@ -14,18 +16,6 @@ def _parse_steps(text: str | None) -> list[int] | None:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise typer.BadParameter(f"--checkpoints takes steps separated by commas, e.g. 40,80,160; got {text!r}") from exc
-
-
-def _parse_overrides(pairs: list[str]) -> dict[str, object]:
-    import yaml
-
-    overrides: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"--set takes KEY=VALUE (e.g. --set lr=1e-6), got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 _FROM = typer.Option(..., "--from", help="Folder of SFT checkpoints (e.g. RUN/sft).")
@@ -53,7 +43,7 @@ def rl(
 
     from rlheal.train.sweep import SweepError, make_config, run_sweep
 
-    overrides = _parse_overrides(settings)
+    overrides = parse_overrides(settings, example="lr=1e-6")
     if updates is not None:
         overrides["updates"] = updates
     if task is not None:

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from rlheal.cli.overrides import parse_overrides
+
 
 def register(app: typer.Typer) -> None:
     app.command("study")(study)
@@ -21,14 +23,17 @@ def study(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default: runs/study-<fingerprint>)")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="replaces the config's seed (SFT data order, RL "
                                              "sampling); one run folder per seed")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="replaces a config field, dotted KEY=VALUE, "
+                                                      "repeatable (e.g. --set sft.n_train=500)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
 ) -> None:
     """Run the whole study (base → SFT → eval → RL → eval → spectrum → edits → report); rerun to resume."""
     from rlheal.config import ConfigError, load_config
     from rlheal.study import StudyError, run_study
 
+    overrides = parse_overrides(settings or [], example="sft.n_train=500")
     try:
-        cfg = load_config(config, seed=seed)
+        cfg = load_config(config, seed=seed, overrides=overrides)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
