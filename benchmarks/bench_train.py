@@ -3,13 +3,14 @@
     python benchmarks/bench_train.py pretrain          # build the default base in a fresh cache: wall time
     python benchmarks/bench_train.py sft --steps 20    # SFT tokens/s on the cached built-in base
     python benchmarks/bench_train.py probe --n 100     # what the base can do, in its own answer format
-    python benchmarks/bench_train.py failures --model RUN/sft/step-002000 --n 100   # why first attempts fail
+    python benchmarks/bench_train.py failures --model RUN/sft/step-002000 --n 100 [--task gp24-low]  # why they fail
 
 `--threads N` sets torch's intra-op threads (default: torch's own choice). `probe` plays gp24 episodes
 (5 attempts, revision feedback, greedy) on the eval problems, reading answers in the pretraining world's
 format (`<formula> = <value>`) instead of the compact SFT format, to show the ability the base has before SFT.
 `failures` counts the verifier's verdict kinds of greedy first attempts in the compact format (ID and OOD),
-and how often the answer's `numbers:` field states the card values under the prompt's rule.
+how often the answer's `numbers:` field states the card values under the prompt's rule, and how often it
+states them under the ID rule instead (J/Q/K = 10: the paper's OOD failure, reading the wrong rule).
 """
 
 from __future__ import annotations
@@ -104,16 +105,22 @@ def bench_failures(args) -> dict:
         raise SystemExit("failures needs --model (an SFT or RL checkpoint folder)")
     model, tokenizer = load_model(args.model)
     backend = HFBackend(model, tokenizer, batch_size=args.n)
-    task = get_task("gp24")
+    from rlheal.tasks.gp24 import RANKS, card_value
+
+    task = get_task(args.task)
     out = {}
     for split in ("id", "ood"):
         problems = eval_problems(task, split, seed=0, episodes=args.n)
         first = play(task, problems, backend, max_attempts=1)
-        stated = [re.search(r"numbers:\s*([\d ]+)\|", e.generations[0].text) for e in first]
-        values_right = sum(m is not None and [int(v) for v in m.group(1).split()] == p.data["values"]
-                           for m, p in zip(stated, problems, strict=True))
+        matches = [re.search(r"numbers:\s*([\d ]+)\|", e.generations[0].text) for e in first]
+        stated = [None if m is None else [int(v) for v in m.group(1).split()] for m in matches]
+        id_rule = [[card_value(RANKS.index(c[:-1]) + 1, "id") for c in p.data["cards"]] for p in problems]
         out[split] = {"verdict_kinds": dict(Counter(e.episode.verdicts[0].kind for e in first)),
-                      "values_stated_right": round(values_right / len(first), 3),
+                      "values_stated_right": round(sum(v == p.data["values"] for v, p in
+                                                       zip(stated, problems, strict=True)) / len(first), 3),
+                      "values_stated_under_the_id_rule": round(sum(v == r != p.data["values"] for v, r, p in
+                                                                   zip(stated, id_rule, problems, strict=True))
+                                                               / len(first), 3),
                       "examples": [e.generations[0].text for e in first[:3]]}
     return out
 
@@ -140,6 +147,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--cache", help="pretrain: cache folder (default: a fresh temporary one)")
     parser.add_argument("--model", help="probe: a checkpoint folder (default: the built-in base); failures: required")
+    parser.add_argument("--task", default="gp24", choices=("gp24", "gp24-low"), help="failures: the task")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()

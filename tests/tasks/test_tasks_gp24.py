@@ -162,3 +162,29 @@ def test_compact_answer_states_the_card_values_then_a_formula(split):
         expected = [1 if r == "A" else (10 if split == "id" else face[r]) if r in face else int(r) for r in ranks]
         assert [int(n) for n in numbers.split()] == expected
         assert task.verify(p, f"formula: {formula}").correct
+
+
+LOW_FACE_VALUE = {"J": 1, "Q": 2, "K": 3}
+
+
+def test_gp24_low_ood_hands_count_faces_as_1_2_3_and_stay_in_the_id_value_range():
+    low = get_task("gp24-low")
+    for p in low.problems("ood", seed=2, n=300):
+        ranks = [card[:-1] for card in p.data["cards"]]
+        assert p.data["values"] == [LOW_FACE_VALUE.get(r, RANK_VALUE[r]) for r in ranks]
+        assert any(r in "JQK" for r in ranks) and max(p.data["values"]) <= 10
+        assert solvable(p.data["values"])
+        assert "J,Q,K=1,2,3" in low.prompt(p)
+        assert low.verify(p, low.answer(p)).correct
+    for p in low.problems("id", seed=2, n=100):  # the ID split is gp24's rule
+        assert p.data["values"] == [min(RANK_VALUE[c[:-1]], 10) for c in p.data["cards"]]
+        assert "J,Q,K=10" in low.prompt(p)
+    paper = get_task("gp24-low", "paper")
+    assert "count as '1', '2' and '3' respectively" in paper.prompt(paper.problem("ood", 0, 0))
+
+
+def test_gp24_low_judges_a_face_card_read_under_the_id_rule_as_wrong_numbers():
+    low = get_task("gp24-low")
+    p = Problem("gp24-low", "ood", 0, 0, {"cards": ["Kh", "6d", "Jc", "2h"], "values": [3, 6, 1, 2], "target": 24})
+    assert low.verify(p, "formula: 3*(2+6*1)").correct
+    assert low.verify(p, "formula: 10+10+6-2").kind == WRONG_NUMBERS  # K and J read as 10 (the ID rule)

@@ -33,7 +33,7 @@ def _problem(task, split: str, seed: int, index: int):
 
 @tasks_app.command("show")
 def show(
-    task_name: str = typer.Argument(..., metavar="TASK", help="gp24, rank or det."),
+    task_name: str = typer.Argument(..., metavar="TASK", help="gp24, rank, det or gp24-low."),
     split: str = _SPLIT,
     n: int = typer.Option(5, "-n", min=1, help="How many problems."),
     start: int = typer.Option(0, "--start", min=0, help="Index of the first problem."),
@@ -55,7 +55,7 @@ def show(
 
 @tasks_app.command("check")
 def check(
-    task_name: str = typer.Argument(..., metavar="TASK", help="gp24, rank or det."),
+    task_name: str = typer.Argument(..., metavar="TASK", help="gp24, rank, det or gp24-low."),
     answer: str = typer.Option(..., "--answer", help="The answer text, in the profile's format."),
     split: str = _SPLIT,
     seed: int = _SEED,

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from rlheal.tasks.base import PROFILES, SPLITS, VERDICT_KINDS, Episode, Problem, Task, Turn, Verdict
-from rlheal.tasks.gp24 import GeneralPoints
+from rlheal.tasks.gp24 import GeneralPoints, GeneralPointsLowFaces
 from rlheal.tasks.matrix import Determinant, MatrixRank
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (GeneralPoints, MatrixRank, Determinant)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (GeneralPoints, MatrixRank, Determinant, GeneralPointsLowFaces)}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
@@ -42,6 +42,7 @@ __all__ = [
     "Determinant",
     "Episode",
     "GeneralPoints",
+    "GeneralPointsLowFaces",
     "MatrixRank",
     "Problem",
     "Task",

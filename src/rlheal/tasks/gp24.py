@@ -2,6 +2,8 @@
 
 ID: each card uniform over A..K with a random suit, J/Q/K count 10. OOD: three cards uniform, one drawn from
 J/Q/K, shuffled; J/Q/K count 11/12/13. Hands with no solution are redrawn. The rule is stated in the prompt.
+`gp24-low` is the same game with an OOD rule inside the ID value range, J/Q/K = 1/2/3: its OOD hands need no
+number above 10, so what separates OOD from ID is only reading the stated rule.
 Rewards per attempt (PAPER.md §2): +5 correct, -1 right numbers but wrong value, -2 numbers not exactly the
 hand's, -3 illegal formula or no answer found.
 """
@@ -33,16 +35,27 @@ SUITS: tuple[str, ...] = ("h", "d", "c", "s")
 REWARDS: dict[str, float] = {CORRECT: 5.0, WRONG_VALUE: -1.0, WRONG_NUMBERS: -2.0, ILLEGAL: -3.0, UNPARSEABLE: -3.0}
 MAX_DRAWS = 10_000
 
-_COMPACT_RULE = {"id": "J,Q,K=10", "ood": "J,Q,K=11,12,13"}
-_PAPER_RULE = {
-    "id": "Note that 'J', 'Q' and 'K' all count as '10'.",
-    "ood": "Note that 'J', 'Q' and 'K' count as '11', '12' and '13' respectively.",
-}
+OOD_FACES: tuple[int, int, int] = (11, 12, 13)
 
 
-def card_value(rank: int, split: str) -> int:
+def compact_rule(split: str, ood_faces: tuple[int, int, int] = OOD_FACES) -> str:
+    """The face-card rule as the compact prompt states it: `J,Q,K=10` or `J,Q,K=11,12,13`."""
+    return "J,Q,K=10" if split == "id" else "J,Q,K=" + ",".join(map(str, ood_faces))
+
+
+def paper_rule(split: str, ood_faces: tuple[int, int, int] = OOD_FACES) -> str:
+    """The face-card rule as the paper's prompt states it."""
+    if split == "id":
+        return "Note that 'J', 'Q' and 'K' all count as '10'."
+    j, q, k = ood_faces
+    return f"Note that 'J', 'Q' and 'K' count as '{j}', '{q}' and '{k}' respectively."
+
+
+def card_value(rank: int, split: str, ood_faces: tuple[int, int, int] = OOD_FACES) -> int:
     """The number a card of rank 1..13 (A..K) counts as under the split's face-card rule."""
-    return min(rank, 10) if split == "id" else rank
+    if rank <= 10:
+        return rank
+    return 10 if split == "id" else ood_faces[rank - 11]
 
 
 def draw_ranks(rng, split: str) -> list[int]:
@@ -77,6 +90,7 @@ class GeneralPoints(Task):
     """The 24 game with an ID and an OOD face-card rule; option `target` (default 24)."""
 
     name: ClassVar[str] = "gp24"
+    ood_faces: ClassVar[tuple[int, int, int]] = OOD_FACES
     default_max_attempts: ClassVar[int] = 5
     options: ClassVar[tuple[str, ...]] = ("target",)
 
@@ -90,7 +104,7 @@ class GeneralPoints(Task):
         rng = problem_rng(self.name, check_split(split), seed, index)
         for _ in range(MAX_DRAWS):
             ranks = draw_ranks(rng, split)
-            values = [card_value(r, split) for r in ranks]
+            values = [card_value(r, split, self.ood_faces) for r in ranks]
             if solvable(values, self.target):
                 cards = [RANKS[r - 1] + rng.choice(SUITS) for r in ranks]
                 return Problem(self.name, split, seed, index, {"cards": cards, "values": values, "target": self.target})
@@ -99,13 +113,13 @@ class GeneralPoints(Task):
     def prompt(self, problem: Problem) -> str:
         cards, target, split = problem.data["cards"], problem.data["target"], problem.split
         if self.profile == "compact":
-            return f"cards: {' '.join(cards)} | {_COMPACT_RULE[split]} | make {target}"
+            return f"cards: {' '.join(cards)} | {compact_rule(split, self.ood_faces)} | make {target}"
         ranks = [card[:-1] for card in cards]
         return (
             "You are an expert player of the 24 points card game. You are given four playing cards. "
             "Write a formula that uses the number of each card exactly once, with the operators "
             f"'+', '-', '*', '/' and parentheses, and evaluates to {target}.\n"
-            f"{_PAPER_RULE[split]}\n"
+            f"{paper_rule(split, self.ood_faces)}\n"
             f"Cards: {ranks}\n"
             "Answer with a JSON object of this form and nothing else:\n"
             '{"cards": [the four cards as listed], "number": [the four numbers the cards count as], '
@@ -130,3 +144,10 @@ class GeneralPoints(Task):
         if not isinstance(field, str):
             return Verdict(False, REWARDS[ILLEGAL], ILLEGAL, 'the "formula" field is not a string', format_ok=True)
         return judge_formula(field, problem.data["values"], problem.data["target"])
+
+
+class GeneralPointsLowFaces(GeneralPoints):
+    """`gp24-low`: GeneralPoints whose OOD rule keeps J/Q/K inside the ID value range (1/2/3)."""
+
+    name: ClassVar[str] = "gp24-low"
+    ood_faces: ClassVar[tuple[int, int, int]] = (1, 2, 3)
