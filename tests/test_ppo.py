@@ -207,3 +207,18 @@ def test_sweep_trains_evaluates_and_resumes_each_start(tmp_path, make_tiny_check
     assert [r["start_step"] for r in summary] == [40, 80]
     assert done.stat().st_mtime_ns == stamp
     assert rl_folder(tmp_path, starts[1], "ppo").name == "sft-80-ppo"
+
+
+@pytest.mark.slow
+def test_sweep_evaluates_with_its_own_attempt_limit_when_given(tmp_path, make_tiny_checkpoint):
+    from rlheal.evaluate import EVALS
+    from rlheal.train.sweep import run_sweep
+
+    make_tiny_checkpoint(tmp_path / "sft" / "step-000040", step=40, seed=40)
+    run_sweep(tmp_path / "sft", tmp_path, steps=[40], algo="ppo",
+              overrides={**TOY, "episodes_per_update": 4, "max_attempts": 2, "updates": 1}, eval_episodes=2,
+              eval_decoding=Decoding(max_new_tokens=3), eval_max_attempts=1, task=DigitTask(), show_progress=False)
+    with Store(tmp_path) as store:
+        rows = store.rows(EVALS)
+    assert rows and {r["eval_set"].split("-")[2] for r in rows} == {"a1"}  # the study's limit, not RL's 2
+    assert all(r["mean_attempts"] == 1 for r in rows)

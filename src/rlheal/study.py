@@ -176,7 +176,7 @@ class Study:
         e, algo = self.cfg.eval, self.cfg.rl.algo
         run_sweep(self.run.sft, self.run.root, algo=algo, steps=[read_manifest(s).step for s in starts],
                   overrides=self.cfg.rl.settings(task), eval_episodes=e.episodes, eval_seed=e.seed,
-                  eval_decoding=self._decoding(), show_progress=self.progress)
+                  eval_decoding=self._decoding(), eval_max_attempts=e.max_attempts, show_progress=self.progress)
         return [c for s in starts for c in rl_checkpoints(rl_folder(self.run.root, s, algo))]
 
     def spectrum(self, targets: Sequence[Path], references: dict[str, Path]) -> int:

@@ -69,12 +69,14 @@ def run_sweep(
     eval_episodes: int = 100,
     eval_seed: int = 0,
     eval_decoding: Any = None,
+    eval_max_attempts: int | None = None,
     task: Any = None,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """RL from each selected checkpoint of `sft`, then evaluate the start and every RL checkpoint on ID and OOD
     of the trained task, into `run/results.sqlite` (with `eval_decoding`, default greedy `Decoding()`, the
-    evaluator's default, so the starts' rows from the SFT sweep are reused). `task` (a Task object) overrides
+    evaluator's default, so the starts' rows from the SFT sweep are reused) and `eval_max_attempts` attempts
+    per episode (default: the RL config's, which defaults to the task's). `task` (a Task object) overrides
     the config's task name.
     Returns `rl_summary` rows of the starts of this sweep."""
     from rlheal.evaluate import evaluate
@@ -93,7 +95,8 @@ def run_sweep(
             if result.no_signal:
                 print(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
             evaluate(store, [start, *rl_checkpoints(out)], [eval_task], episodes=eval_episodes, seed=eval_seed,
-                     profile=config.profile, max_attempts=config.max_attempts,
+                     profile=config.profile,
+                     max_attempts=config.max_attempts if eval_max_attempts is None else eval_max_attempts,
                      decoding=eval_decoding or Decoding(), show_progress=show_progress)
         chosen = {str(s.resolve()) for s in starts}
         return [r for r in rl_summary(store) if r["start"] in chosen]
