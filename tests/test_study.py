@@ -90,6 +90,24 @@ def test_rerun_does_nothing_new(quick_run):
     assert [r["created"] for r in after] == [r["created"] for r in before]
 
 
+def test_one_attempt_study_keeps_to_its_eval_set(cache, tmp_path):
+    """With eval.max_attempts set, every row the study writes (RL checkpoints included) uses that limit; rows
+    of another eval set added later (e.g. by `rlheal eval`) do not disturb the OOD peak on a rerun."""
+    out = tmp_path / "one-attempt"
+    cfg = load_config(QUICK, overrides={"eval.max_attempts": 1})
+    run_study(cfg, out, progress=False)
+    with Store(out) as store:
+        rows = store.rows(EVALS)
+        assert {r["eval_set"].split("-")[2] for r in rows} == {"a1"}
+        assert {r["stage"] for r in rows} >= {"sft", "rl"}
+        foreign = [{**r, "eval_set": "seed0-n12-a9-compact", "success_rate": 1.0}
+                   for r in store.rows(EVALS, stage="sft", split="ood")]
+        store.put(EVALS, foreign)
+    run_study(cfg, out, progress=False)  # resumes: nothing to do, and the peak is read from its own eval set
+    with Store(out) as store:
+        assert len(store.rows(EVALS)) == len(rows) + len(foreign)
+
+
 def test_killed_study_resumes_to_the_same_results(quick_run, cache, tmp_path):
     """SIGKILL the study in the middle of RL, run the same command again, compare with the uninterrupted run."""
     out = tmp_path / "killed"

@@ -147,6 +147,16 @@ class Study:
                         seed=e.seed, profile=self.cfg.profile, batch_size=e.batch_size, max_attempts=e.max_attempts,
                         decoding=self._decoding(), show_progress=self.progress)
 
+    def eval_set(self, task: str) -> str:
+        """The id of the study's eval set for `task` (other rows in the store, e.g. from `rlheal rl`, are ignored)."""
+        from rlheal.evaluate import eval_set_id
+        from rlheal.tasks import get_task
+
+        e = self.cfg.eval
+        attempts = get_task(task).default_max_attempts if e.max_attempts is None else e.max_attempts
+        return eval_set_id(seed=e.seed, episodes=e.episodes, max_attempts=attempts, profile=self.cfg.profile,
+                           decoding=self._decoding())
+
     def _decoding(self):
         from rlheal.rollout import Decoding
 
@@ -231,7 +241,8 @@ class Study:
         sft_folders = {read_manifest(p).step: p for p in find_checkpoints([self.run.sft])} | sft_folders
         self._stage("eval-sft")
         self.evaluate(sorted(sft_folders.values(), key=lambda p: read_manifest(p).step))
-        sft_rows = self.store.rows(EVALS, stage="sft")
+        sft_rows = [r for t in self.cfg.tasks for r in self.store.rows(EVALS, stage="sft", task=t,
+                                                                       eval_set=self.eval_set(t))]
 
         self._stage("rl")
         rl_folders: list[Path] = []
@@ -244,7 +255,7 @@ class Study:
 
         self._stage("spectrum")
         last = sft_folders[max(sft_folders)]
-        peak_row = ood_peak(self.store, self.cfg.tasks[0])
+        peak_row = ood_peak(self.store, self.cfg.tasks[0], eval_set=self.eval_set(self.cfg.tasks[0]))
         peak = Path(peak_row["checkpoint"]) if peak_row else last
         references = {}
         if "base" in self.cfg.spectral.references:
