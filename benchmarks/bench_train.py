@@ -100,13 +100,12 @@ def bench_failures(args) -> dict:
     from rlheal.models.checkpoint import load_model
     from rlheal.rollout import HFBackend, play
     from rlheal.tasks import get_task
+    from rlheal.tasks.gp24 import RANKS, card_value
 
     if not args.model:
         raise SystemExit("failures needs --model (an SFT or RL checkpoint folder)")
     model, tokenizer = load_model(args.model)
     backend = HFBackend(model, tokenizer, batch_size=args.n)
-    from rlheal.tasks.gp24 import RANKS, card_value
-
     task = get_task(args.task)
     out = {}
     for split in ("id", "ood"):

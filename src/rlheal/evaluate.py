@@ -65,6 +65,12 @@ def eval_set_id(*, seed: int, episodes: int, max_attempts: int, profile: str, de
     return base if decoding == Decoding() else f"{base}-{decoding.tag()}"
 
 
+def task_eval_set(task: Task, *, seed: int, episodes: int, max_attempts: int | None, decoding: Decoding) -> str:
+    """The eval set id of `task` when evaluated with these settings (`max_attempts` None: the task's own)."""
+    attempts = task.default_max_attempts if max_attempts is None else max_attempts
+    return eval_set_id(seed=seed, episodes=episodes, max_attempts=attempts, profile=task.profile, decoding=decoding)
+
+
 def eval_problems(task: Task, split: str, *, seed: int, episodes: int) -> list[Problem]:
     """The frozen eval set of (task, split): problems 0..episodes-1 of seed EVAL_SEED_OFFSET + seed."""
     return task.problems(split, EVAL_SEED_OFFSET + seed, episodes)
@@ -187,9 +193,7 @@ def evaluate(
     plan = []  # (folder, task, split, eval_set) in evaluation order
     for folder in folders:
         for task in task_objs:
-            attempts = task.default_max_attempts if max_attempts is None else max_attempts
-            eval_set = eval_set_id(seed=seed, episodes=episodes, max_attempts=attempts, profile=task.profile,
-                                   decoding=decoding)
+            eval_set = task_eval_set(task, seed=seed, episodes=episodes, max_attempts=max_attempts, decoding=decoding)
             plan.extend((folder, task, split, eval_set) for split in splits)
     todo = [c for c in plan if not store.has(EVALS, checkpoint=str(c[0]), task=c[1].name, split=c[2],
                                              eval_set=c[3])]

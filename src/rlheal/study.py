@@ -149,13 +149,12 @@ class Study:
 
     def eval_set(self, task: str) -> str:
         """The id of the study's eval set for `task` (other rows in the store, e.g. from `rlheal rl`, are ignored)."""
-        from rlheal.evaluate import eval_set_id
+        from rlheal.evaluate import task_eval_set
         from rlheal.tasks import get_task
 
         e = self.cfg.eval
-        attempts = get_task(task).default_max_attempts if e.max_attempts is None else e.max_attempts
-        return eval_set_id(seed=e.seed, episodes=e.episodes, max_attempts=attempts, profile=self.cfg.profile,
-                           decoding=self._decoding())
+        return task_eval_set(get_task(task, self.cfg.profile), seed=e.seed, episodes=e.episodes,
+                             max_attempts=e.max_attempts, decoding=self._decoding())
 
     def _decoding(self):
         from rlheal.rollout import Decoding
