@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from rlheal.cli import app
 from rlheal.evaluate import EVALS
-from rlheal.report.seeds import layer_spectra, pool, seed_findings, seed_interval
+from rlheal.report.seeds import held_out_declines, layer_spectra, pool, seed_findings, seed_interval
 from rlheal.spectral.metrics import SPECTRAL
 from rlheal.store import Store
 
@@ -71,6 +71,16 @@ def test_peak_end_and_declines_over_runs(runs):
     assert f.decline_significant  # 54/300 vs 12/300
     # each run's own peak (a: step 10, b: step 20, c: step 10) minus its end
     assert f.declines == pytest.approx((0.16, 0.14, 0.16))
+    # leave-one-out peak steps: a is judged at 20 (b+c: 35 > 34 at 10), b and c at 10 (a+c: 38, a+b: 36)
+    assert f.held_out_declines == pytest.approx((0.14 - 0.04, 0.16 - 0.06, 0.18 - 0.02))
+
+
+def test_held_out_decline_ties_missing_steps_and_one_run():
+    a = {0: (0, 100), 10: (5, 100), 20: (3, 100)}
+    b = {0: (0, 100), 10: (4, 100), 20: (4, 100), 30: (9, 100)}  # b alone reached step 30
+    # a: b's curve ties at 10 and 20 -> the earlier step, 10; b: judged on a's steps only, peak 10, end 30
+    assert held_out_declines([a, b]) == pytest.approx((0.05 - 0.03, 0.04 - 0.09))
+    assert held_out_declines([a]) == ()
 
 
 def test_rl_is_pooled_per_start_step_and_edits_per_label(runs):

@@ -64,6 +64,7 @@ class SeedFindings:
     peak_step: int  # the step with the highest pooled OOD success (earliest on ties)
     end_step: int
     declines: tuple[float, ...]  # each run's own OOD peak minus its end
+    held_out_declines: tuple[float, ...]  # each run's OOD at the other runs' peak step minus its end
     rl: dict[int, tuple[Pooled, Pooled]]  # start step -> (OOD before, OOD after), runs that started there
     edits: dict[str, dict[str, Pooled]]  # edit (`values-top0.2`, `vectors-top0.2`, ...) -> split -> pooled
 
@@ -79,6 +80,27 @@ class SeedFindings:
     def decline_significant(self) -> bool:
         """Whether the pooled peak's interval lies wholly above the pooled end's."""
         return self.peak.ci[0] > self.end.ci[1]
+
+
+def held_out_declines(ood_by_run: Sequence[dict[int, tuple[int, int]]]) -> tuple[float, ...]:
+    """Per run: its OOD success at the peak step of the *other* runs' pooled curve (leave-one-out, earliest
+    step on ties) minus its success at its own last step. A run's own maximum over many noisy checkpoints
+    overstates its peak (the winner's curse); a step picked without the run's episodes does not.
+    `ood_by_run`: per run, step -> (solved, episodes). Empty with fewer than two runs."""
+    if len(ood_by_run) < 2:
+        return ()
+    out = []
+    for i, mine in enumerate(ood_by_run):
+        others = [run for j, run in enumerate(ood_by_run) if j != i]
+        totals = {step: (sum(run[step][0] for run in others if step in run),
+                         sum(run[step][1] for run in others if step in run)) for step in mine}
+        rated = {step: solved / n for step, (solved, n) in totals.items() if n}
+        if not rated:
+            continue
+        step = max(rated, key=lambda s: (rated[s], -s))
+        end = max(mine)
+        out.append(mine[step][0] / mine[step][1] - mine[end][0] / mine[end][1])
+    return tuple(out)
 
 
 def seed_findings(runs: Sequence[Sequence[Row]], task: str) -> SeedFindings:
@@ -112,6 +134,9 @@ def seed_findings(runs: Sequence[Sequence[Row]], task: str) -> SeedFindings:
     return SeedFindings(
         task=task, runs=len(runs), sft=pooled, peak_step=peak_step, end_step=max(ood),
         declines=tuple(c.decline for found in per_run for c in found.sft),
+        held_out_declines=held_out_declines(
+            [{r["step"]: (r["n_solved"], r["n_episodes"]) for r in rows if r["stage"] == "sft" and r["split"] == "ood"}
+             for rows in runs]),
         rl={step: (pool(b), pool(a)) for step, (b, a) in sorted(rl.items())},
         edits={kind: {split: pool(rows) for split, rows in by_split.items()} for kind, by_split in sorted(edits.items())},
     )
