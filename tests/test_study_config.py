@@ -43,7 +43,7 @@ def test_seed_override_reaches_every_section_of_the_default_and_of_a_file(tmp_pa
 
 
 def test_dotted_overrides_replace_fields_of_a_file_and_of_the_default(tmp_path):
-    cfg = load_config(CONFIGS / "full.yaml", overrides={"sft.n_train": 500, "rl.ppo.lr": 1e-6, "tasks": ["det"]})
+    cfg = load_config(CONFIGS / "default.yaml", overrides={"sft.n_train": 500, "rl.ppo.lr": 1e-6, "tasks": ["det"]})
     assert (cfg.sft.n_train, cfg.rl.ppo.lr, cfg.tasks, cfg.sft.tasks) == (500, 1e-6, ["det"], ["det"])
     assert cfg.sft.steps == 2000  # fields not overridden keep the file's values
     assert load_config(None, overrides={"eval.episodes": 7}).eval.episodes == 7
@@ -58,7 +58,7 @@ def test_a_bad_override_is_reported_like_a_bad_field(tmp_path):
     with pytest.raises(ConfigError, match="- sft.steps:"):
         load_config(None, overrides={"sft.steps": -1})
     with pytest.raises(ConfigError, match="seed is a value, not a section"):
-        load_config(CONFIGS / "full.yaml", overrides={"seed.x": 1})
+        load_config(CONFIGS / "default.yaml", overrides={"seed.x": 1})
     with pytest.raises(ConfigError, match="- seed:"):  # the default has no such field in its data: validation says
         load_config(None, overrides={"seed.x": 1})
 
@@ -137,8 +137,9 @@ def test_auto_starts_with_few_checkpoints():
 
 def test_study_defaults_apply_with_and_without_a_section():
     for cfg in (parse_config({}), parse_config({"sft": {"lr": 1e-3}, "rl": {"ppo": {"epochs": 2}}}), StudyConfig()):
-        assert cfg.sft.schedule == "log:8" and cfg.rl.ppo.updates == 6
+        assert (cfg.sft.steps, cfg.sft.schedule, cfg.sft.model, cfg.rl.ppo.updates) == (2000, "log:12", "builtin:long", 6)
     assert parse_config({"rl": {"ppo": {"updates": 9}}}).rl.ppo.updates == 9
+    assert parse_config({"model": "builtin"}).sft.model == "builtin"  # the study's model wins over the default
 
 
 def test_auto_starts_skip_checkpoints_without_the_answer_format():

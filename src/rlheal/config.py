@@ -22,9 +22,10 @@ from rlheal.train.grpo import GRPOConfig
 from rlheal.train.ppo import PPOConfig
 from rlheal.train.sft import SFTConfig
 
-# Where the study's defaults differ from the section classes' own (sized for the built-in model on a CPU).
+# Where the study's defaults differ from the section classes' own (sized for the built-in model on a CPU:
+# 2000 SFT steps are long enough for OOD success to peak and then decline, docs/RESULTS.md §7, §10, §15).
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sft": {"schedule": "log:8"},
+    "sft": {"model": "builtin:long", "steps": 2000, "schedule": "log:12"},
     "ppo": {"updates": 6, "episodes_per_update": 16, "lr": 1e-4, "max_new_tokens": 56, "save_every": 6},
 }
 
@@ -99,7 +100,9 @@ class EditsSection(_Section):
 class StudyConfig(_Section):
     """The whole study: model → SFT → eval → RL → eval → spectrum → edits → eval → report."""
 
-    model: str = Field("builtin", description='"builtin", "builtin:long" (configs/full.yaml) or a Hugging Face checkpoint folder')
+    model: str = Field("builtin:long", description='"builtin:long" (the built-in study\'s base), "builtin" (a '
+                       'weaker base, half the pretraining), "builtin:tiny" (smoke runs) or a Hugging Face '
+                       'checkpoint folder')
     tasks: list[str] = Field(default_factory=lambda: ["gp24"], min_length=1)
     splits: list[str] = Field(default_factory=lambda: list(SPLITS), min_length=1)
     profile: str = "compact"

@@ -59,7 +59,7 @@ TINY_RECIPE = BuiltinRecipe(
     world=WorldSpec.tiny(),
     train=PretrainSpec(steps=4, batch_size=2, seq_len=64, warmup_steps=1),
 )
-# Twice the default's hand documents and pretraining steps (11.5 min on 2 cores): the base of configs/full.yaml,
+# Twice DEFAULT_RECIPE's hand documents and pretraining steps (11.5 min on 2 cores): the built-in study's base,
 # strong enough for SFT to show OOD forgetting in success (docs/RESULTS.md).
 LONG_RECIPE = BuiltinRecipe(
     world=WorldSpec(n_values=4000, n_solve=14000, n_revise=5000),
