@@ -188,3 +188,19 @@ def test_gp24_low_judges_a_face_card_read_under_the_id_rule_as_wrong_numbers():
     p = Problem("gp24-low", "ood", 0, 0, {"cards": ["Kh", "6d", "Jc", "2h"], "values": [3, 6, 1, 2], "target": 24})
     assert low.verify(p, "formula: 3*(2+6*1)").correct
     assert low.verify(p, "formula: 10+10+6-2").kind == WRONG_NUMBERS  # K and J read as 10 (the ID rule)
+
+
+def test_gp24_low_blind_judges_like_gp24_low_but_never_states_the_card_values():
+    low, blind = get_task("gp24-low"), get_task("gp24-low-blind")
+    data = {"cards": ["Kh", "6d", "Jc", "2h"], "values": [3, 6, 1, 2], "target": 24}
+    answers = ["formula: 3*(2+6*1)", "formula: 10+10+6-2", "formula: 3+6+1+2", "formula: 3*(2+6", "nonsense"]
+    for text in answers:
+        a = low.verify(Problem("gp24-low", "ood", 0, 0, data), text)
+        b = blind.verify(Problem("gp24-low-blind", "ood", 0, 0, data), text)
+        assert (a.correct, a.reward, a.kind, a.format_ok) == (b.correct, b.reward, b.kind, b.format_ok)
+        assert b.feedback == a.feedback or a.kind == WRONG_NUMBERS
+    wrong = blind.verify(Problem("gp24-low-blind", "ood", 0, 0, data), "formula: 10+10+6-2")
+    assert wrong.kind == WRONG_NUMBERS and "3, 6, 1, 2" not in wrong.feedback and "10, 10, 6, 2" in wrong.feedback
+    assert "3, 6, 1, 2" in low.verify(Problem("gp24-low", "ood", 0, 0, data), "formula: 10+10+6-2").feedback
+    p = blind.problem("ood", 0, 0)
+    assert "J,Q,K=1,2,3" in blind.prompt(p) and blind.verify(p, blind.answer(p)).correct

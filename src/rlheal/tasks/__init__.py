@@ -15,10 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from rlheal.tasks.base import PROFILES, SPLITS, VERDICT_KINDS, Episode, Problem, Task, Turn, Verdict
-from rlheal.tasks.gp24 import GeneralPoints, GeneralPointsLowFaces
+from rlheal.tasks.gp24 import GeneralPoints, GeneralPointsLowFaces, GeneralPointsLowFacesBlind
 from rlheal.tasks.matrix import Determinant, MatrixRank
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (GeneralPoints, MatrixRank, Determinant, GeneralPointsLowFaces)}
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls
+    for cls in (GeneralPoints, MatrixRank, Determinant, GeneralPointsLowFaces, GeneralPointsLowFacesBlind)
+}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 

@@ -67,8 +67,9 @@ def draw_ranks(rng, split: str) -> list[int]:
     return ranks
 
 
-def judge_formula(formula: str, values: list[int], target: int) -> Verdict:
-    """The verdict on one formula for a hand with these card values (independent of the prompt profile)."""
+def judge_formula(formula: str, values: list[int], target: int, name_values: bool = True) -> Verdict:
+    """The verdict on one formula for a hand with these card values (independent of the prompt profile).
+    With `name_values` False, the feedback on wrong numbers does not say what the cards count as."""
 
     def verdict(kind: str, feedback: str) -> Verdict:
         return Verdict(kind == CORRECT, REWARDS[kind], kind, feedback, format_ok=True)
@@ -79,6 +80,8 @@ def judge_formula(formula: str, values: list[int], target: int) -> Verdict:
         return verdict(ILLEGAL, f"the formula is illegal: {error}")
     if Counter(parsed.numbers) != Counter(values):
         used = ", ".join(map(str, parsed.numbers[:12])) + (", ..." if len(parsed.numbers) > 12 else "")
+        if not name_values:
+            return verdict(WRONG_NUMBERS, f"the formula uses {used}, which are not the numbers the cards count as")
         return verdict(WRONG_NUMBERS, f"the formula uses {used} but the cards are {', '.join(map(str, values))}")
     claim = "" if parsed.claim is None or parsed.claim == parsed.value else f" (it claims {parsed.claim})"
     if parsed.value != target:
@@ -91,6 +94,7 @@ class GeneralPoints(Task):
 
     name: ClassVar[str] = "gp24"
     ood_faces: ClassVar[tuple[int, int, int]] = OOD_FACES
+    feedback_names_values: ClassVar[bool] = True  # the wrong-numbers feedback states the card values
     default_max_attempts: ClassVar[int] = 5
     options: ClassVar[tuple[str, ...]] = ("target",)
 
@@ -143,7 +147,7 @@ class GeneralPoints(Task):
             return Verdict(False, REWARDS[UNPARSEABLE], UNPARSEABLE, field.reason, format_ok=False)
         if not isinstance(field, str):
             return Verdict(False, REWARDS[ILLEGAL], ILLEGAL, 'the "formula" field is not a string', format_ok=True)
-        return judge_formula(field, problem.data["values"], problem.data["target"])
+        return judge_formula(field, problem.data["values"], problem.data["target"], self.feedback_names_values)
 
 
 class GeneralPointsLowFaces(GeneralPoints):
@@ -151,3 +155,11 @@ class GeneralPointsLowFaces(GeneralPoints):
 
     name: ClassVar[str] = "gp24-low"
     ood_faces: ClassVar[tuple[int, int, int]] = (1, 2, 3)
+
+
+class GeneralPointsLowFacesBlind(GeneralPointsLowFaces):
+    """`gp24-low-blind`: `gp24-low` whose revision feedback never states the card values, so a later attempt
+    can repair a misread rule only by reading it again (a diagnostic variant)."""
+
+    name: ClassVar[str] = "gp24-low-blind"
+    feedback_names_values: ClassVar[bool] = False
