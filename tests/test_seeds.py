@@ -140,5 +140,9 @@ def test_compare_command_prints_and_writes_the_tables(tmp_path, runs):
     assert "| 40 | 3 | 4.0 [2.3, 6.9] | 10.3 [7.4, 14.3] | +6.3 | yes, up |" in text
     assert "| 0 | 3 | 1.00 | 3.00 |" in text  # one q matrix per run
     assert "| vectors-top0.2 | 9.0 [6.3, 12.8] | 10 / 8 / 9 | 25.0 [20.4, 30.2] |" in text
+    assert "(leave-one-out): +12.0 [3.4, 20.6] points" in text
+    one = CliRunner().invoke(app, ["compare", str(folders[0])])  # one run: no spread over seeds, no leave-one-out
+    assert one.exit_code == 0, one.output
+    assert "+16.0 [–, –] points" in one.output and "(leave-one-out): – points" in one.output
     missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "holds no results store" in missing.output

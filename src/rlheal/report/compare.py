@@ -24,8 +24,10 @@ def _runs_cell(p: Pooled) -> str:
 
 
 def _seed_cell(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
     mean, low, high = seed_interval(values)
-    return f"{100 * mean:+.1f} [{_pct(low)}, {_pct(high)}]" if values else "–"
+    return f"{100 * mean:+.1f} [{_pct(low)}, {_pct(high)}]"
 
 
 def sft_table(f: SeedFindings) -> list[str]:
