@@ -3,13 +3,14 @@
 # (gpu_check.py: eval, SFT, PPO on a Qwen2.5-0.5B-shaped model), the 7B-shaped spectral timing
 # (gpu_spectral.py), then built-in studies run side by side on the one GPU until the deadline. Each part has
 # its own time limit and a failing part does not stop the next. Results go to $OUT (default /tmp/gpu-session):
-# env.txt, gpu_check.json/.log, gpu_spectral.log, studies.tgz (run folders without weights, study logs).
+# env.txt, gpu_check.json/.log, gpu_spectral.log and one LABEL.tgz per study (its run folder without weights,
+# about 4 MB, and its log). The device tool returns at most 8 files of 16 MiB: keep to 4 studies.
 #
 #   bash benchmarks/gpu_session.sh                 # on the GPU machine, from the repository root
 #   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh   # tiny shapes and the quick study, on CPU (a dry run)
 #
 # Settings (environment): GPU_SESSION_DEADLINE seconds for the whole script (default 560),
-# GPU_SESSION_STUDIES "label|rlheal study arguments;..." (default: configs/full.yaml seeds 3-5 and the rank task).
+# GPU_SESSION_STUDIES "label|rlheal study arguments;..." (default: the default study, seeds 3-5, and the rank task).
 # Python packages missing on the machine travel as wheels in .whl/ (device README); a built-in base cached in
 # .devcache/ (RLHEAL_CACHE) saves pretraining it there.
 set -u
@@ -50,8 +51,8 @@ if [ "$SMOKE" = 1 ]; then
   DEFAULT_STUDIES="quick|--config configs/quick.yaml --seed 0"
 else
   CHECK_ARGS=""; SPECTRAL_ARGS="--device cuda --layers 1 --check 1"
-  DEFAULT_STUDIES="full-s3|--config configs/full.yaml --seed 3;full-s4|--config configs/full.yaml --seed 4;"
-  DEFAULT_STUDIES+="full-s5|--config configs/full.yaml --seed 5;full-rank-s0|--config configs/full.yaml --set tasks=[rank] --seed 0"
+  DEFAULT_STUDIES="full-s3|--seed 3;full-s4|--seed 4;"
+  DEFAULT_STUDIES+="full-s5|--seed 5;full-rank-s0|--set tasks=[rank] --seed 0"
 fi
 STUDIES=${GPU_SESSION_STUDIES:-$DEFAULT_STUDIES}
 
@@ -77,6 +78,6 @@ wait
 for spec in "${SPECS[@]}"; do
   label=${spec%%|*}
   echo "-- $label"; grep -v "it/s\]\|s/it\]" "runs/gpu-session/$label.log" | tail -6
+  tar czf "$OUT/$label.tgz" --exclude='*.safetensors' -C runs/gpu-session "$label" "$label.log"
 done
-tar czf "$OUT/studies.tgz" --exclude='*.safetensors' runs/gpu-session
 echo "== done at $SECONDS s"
