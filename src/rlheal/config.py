@@ -25,7 +25,7 @@ from rlheal.train.sft import SFTConfig
 # Where the study's defaults differ from the section classes' own (sized for the built-in model on a CPU:
 # 2000 SFT steps are long enough for OOD success to peak and then decline, docs/RESULTS.md §7, §10, §15).
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sft": {"model": "builtin:long", "steps": 2000, "schedule": "log:12"},
+    "sft": {"steps": 2000, "schedule": "log:12"},
     "ppo": {"updates": 6, "episodes_per_update": 16, "lr": 1e-4, "max_new_tokens": 56, "save_every": 6},
 }
 
@@ -121,8 +121,9 @@ class StudyConfig(_Section):
         data = dict(data)
         shared = {k: data[k] for k in ("model", "tasks", "profile", "seed") if k in data}
         sft = data.get("sft", {})
-        if isinstance(sft, dict):
-            data["sft"] = {**STUDY_DEFAULTS["sft"], **shared, **sft}
+        if isinstance(sft, dict):  # SFT starts from the study's model, its default included
+            model = {"model": cls.model_fields["model"].default}
+            data["sft"] = {**STUDY_DEFAULTS["sft"], **model, **shared, **sft}
         rl = data.get("rl", {})
         if isinstance(rl, dict):
             passed = {k: v for k, v in shared.items() if k in ("profile", "seed")}
