@@ -184,6 +184,22 @@ def test_batched_greedy_equals_one_by_one(tiny):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_static_and_dynamic_kv_caches_give_the_same_tokens(tiny, temperature):
+    model, tokenizer = tiny
+    draws = {cache: HFBackend(model, tokenizer, batch_size=3, cache=cache).generate(
+        CHATS, max_new_tokens=12, temperature=temperature, seed=3) for cache in ("static", "dynamic")}
+    assert draws["static"] == draws["dynamic"]
+    assert HFBackend(model, tokenizer).cache == "static"  # the model is on the CPU
+
+
+def test_an_unknown_cache_layout_is_a_clear_error(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="cache must be one of auto, static, dynamic, got 'paged'"):
+        HFBackend(model, tokenizer, cache="paged")
+
+
+@pytest.mark.slow
 def test_sampling_is_reproducible_by_seed_and_leaves_the_global_rng_alone(tiny):
     import torch
 

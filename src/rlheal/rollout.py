@@ -186,6 +186,9 @@ def oracle_backend(task: Task, problems: Sequence[Problem]) -> ScriptedBackend:
     return ScriptedBackend(answer)
 
 
+CACHES = ("auto", "static", "dynamic")
+
+
 class HFBackend:
     """Hugging Face `generate` on batches of chats: chat template, left padding, KV cache.
 
@@ -195,11 +198,19 @@ class HFBackend:
     Sampling seeds torch's RNG from `seed` inside a forked RNG state, so the caller's RNG is untouched.
     Raises RolloutError when the tokenizer has no chat template, or when a prompt plus `max_new_tokens`
     exceeds the model's context (`max_position_embeddings`; `play` asks `fits` first after round 0).
+
+    `cache`: the KV cache layout. "static" preallocates it for prompt + `max_new_tokens` (no torch.cat per
+    step: half the eval time of the built-in model on a CPU, same tokens; docs/BENCHMARKS.md), "dynamic" grows
+    it per step (transformers' default), "auto" = static on a CPU, dynamic on an accelerator (where a static
+    cache would trigger transformers' automatic torch.compile on every new batch shape).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, name: str = "the model") -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, name: str = "the model",
+                 cache: str = "auto") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {cache!r}")
         if not getattr(tokenizer, "chat_template", None):
             raise RolloutError(f"the tokenizer of {name} has no chat template: use a chat/instruct model, or "
                                "set `tokenizer.chat_template` (a Jinja string) and save it with the checkpoint")
@@ -210,6 +221,7 @@ class HFBackend:
         self.batch_size = batch_size
         self.name = name
         self.context = getattr(model.config, "max_position_embeddings", None)
+        self.cache = cache if cache != "auto" else "static" if model.device.type == "cpu" else "dynamic"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -280,6 +292,8 @@ class HFBackend:
             no_repeat_ngram_size=0,
             min_new_tokens=0,
             use_cache=True,
+            cache_implementation="static" if self.cache == "static" else None,
+            disable_compile=True,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids or None,
             **knobs,
