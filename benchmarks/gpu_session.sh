@@ -10,7 +10,7 @@
 #   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh   # tiny shapes and the quick study, on CPU (a dry run)
 #
 # Settings (environment): GPU_SESSION_DEADLINE seconds for the whole script (default 560),
-# GPU_SESSION_STUDIES "label|rlheal study arguments;..." (default: the default study, seeds 3-5, and the rank task).
+# GPU_SESSION_STUDIES "label|rlheal study arguments;..." (default: configs/xl.yaml, seeds 3-5, and its rank task).
 # Python packages missing on the machine travel as wheels in .whl/ (device README); a built-in base cached in
 # .devcache/ (RLHEAL_CACHE) saves pretraining it there.
 set -u
@@ -51,8 +51,8 @@ if [ "$SMOKE" = 1 ]; then
   DEFAULT_STUDIES="quick|--config configs/quick.yaml --seed 0"
 else
   CHECK_ARGS=""; SPECTRAL_ARGS="--device cuda --layers 1 --check 1"
-  DEFAULT_STUDIES="full-s3|--seed 3;full-s4|--seed 4;"
-  DEFAULT_STUDIES+="full-s5|--seed 5;full-rank-s0|--set tasks=[rank] --seed 0"
+  DEFAULT_STUDIES="xl-s3|--config configs/xl.yaml --seed 3;xl-s4|--config configs/xl.yaml --seed 4;"
+  DEFAULT_STUDIES+="xl-s5|--config configs/xl.yaml --seed 5;xl-rank-s0|--config configs/xl.yaml --set tasks=[rank] --seed 0"
 fi
 STUDIES=${GPU_SESSION_STUDIES:-$DEFAULT_STUDIES}
 

@@ -94,6 +94,6 @@ def test_builtin_model_names_resolve_to_recipes(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{}")  # damaged on purpose: resolving reports it, never rebuilds it
     with pytest.raises(CheckpointError, match=f"base-{TINY_RECIPE.hash()}"):
         resolve_model("builtin:tiny", progress=False)
-    valid = "valid: builtin, builtin:tiny, builtin:long"
+    valid = "valid: builtin, builtin:tiny, builtin:long, builtin:xl"
     with pytest.raises(ValueError, match=f"unknown built-in model 'builtin:huge'; {valid}"):
         resolve_model("builtin:huge", progress=False)

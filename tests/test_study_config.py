@@ -42,6 +42,12 @@ def test_seed_override_reaches_every_section_of_the_default_and_of_a_file(tmp_pa
     assert (cfg.seed, cfg.sft.seed, cfg.rl.ppo.seed) == (4, 7, 4)  # a section's own seed still wins
 
 
+def test_the_xl_config_is_the_default_study_on_the_xl_base():
+    xl = load_config(CONFIGS / "xl.yaml", seed=1)
+    assert (xl.model, xl.sft.model) == ("builtin:xl", "builtin:xl")
+    assert xl == load_config(None, seed=1, overrides={"model": "builtin:xl"})
+
+
 def test_dotted_overrides_replace_fields_of_a_file_and_of_the_default(tmp_path):
     cfg = load_config(CONFIGS / "default.yaml", overrides={"sft.n_train": 500, "rl.ppo.lr": 1e-6, "tasks": ["det"]})
     assert (cfg.sft.n_train, cfg.rl.ppo.lr, cfg.tasks, cfg.sft.tasks) == (500, 1e-6, ["det"], ["det"])

@@ -172,9 +172,9 @@ def answer_loss(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: 
 
 
 def resolve_model(name: str, progress: bool = True) -> Path:
-    """The starting checkpoint folder: "builtin" (or "builtin:tiny", a seconds-long recipe for smoke runs, or
-    "builtin:long", the stronger base of the built-in study) is the cached built-in base, built if missing;
-    anything else is a Hugging Face checkpoint folder."""
+    """The starting checkpoint folder: a name of `rlheal.models.builtin.RECIPES` ("builtin", "builtin:tiny" for
+    smoke runs, "builtin:long" and "builtin:xl", the stronger bases) is the cached built-in base, built if
+    missing; anything else is a Hugging Face checkpoint folder."""
     if name.startswith("builtin"):
         from rlheal.models.builtin import RECIPES, builtin_base
 
