@@ -200,9 +200,9 @@ class HFBackend:
     exceeds the model's context (`max_position_embeddings`; `play` asks `fits` first after round 0).
 
     `cache`: the KV cache layout. "static" preallocates it for prompt + `max_new_tokens` (no torch.cat per
-    step: half the eval time of the built-in model on a CPU, same tokens; docs/BENCHMARKS.md), "dynamic" grows
-    it per step (transformers' default), "auto" = static on a CPU, dynamic on an accelerator (where a static
-    cache would trigger transformers' automatic torch.compile on every new batch shape).
+    step; same tokens; on a CPU about 2× faster on a process's first call, 5-15 % on later ones,
+    docs/BENCHMARKS.md), "dynamic" leaves it to transformers (a cache that grows per step, for most models),
+    "auto" = static on a CPU, dynamic on an accelerator. transformers' automatic torch.compile is off.
     """
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, name: str = "the model",
