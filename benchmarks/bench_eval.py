@@ -1,8 +1,8 @@
 """Evaluation throughput: episodes per second through the real rollout path (HFBackend + play + verify).
 
 The model is the built-in base when it is already cached (`--model builtin`, never built here), a checkpoint
-folder (`--model runs/RUN/sft/step-000299`), else a randomly initialised Llama of the built-in shape (hidden 128, 4 layers, 4 heads, intermediate 512, the
-built-in character tokenizer, context 1024): `--model random`. A random model almost never emits its eos
+folder (`--model runs/RUN/sft/step-000299`), else a randomly initialised Llama of the built-in shape (hidden
+128, 4 layers, 4 heads, intermediate 512, the built-in character tokenizer, context 1024): `--model random`. A random model almost never emits its eos
 token nor a correct answer, so each episode uses every attempt at full `max_new_tokens`: the worst case.
 
     python benchmarks/bench_eval.py --model random --task gp24 --split ood --episodes 32 --batch-sizes 1,8,32 \

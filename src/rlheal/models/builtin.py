@@ -68,8 +68,8 @@ LONG_RECIPE = BuiltinRecipe(
 # Twice LONG_RECIPE's documents (every kind) and pretraining steps (26 min on 2 cores): solves 84 % / 39 % of
 # ID / OOD hands in its own format (long: 37 % / 15 %), so SFT has more OOD skill to erode (docs/RESULTS.md §17).
 XL_RECIPE = BuiltinRecipe(
-    world=WorldSpec(n_arith=6000, n_values=8000, n_solve=28000, n_revise=10000, n_matrix=1600),
-    train=PretrainSpec(steps=6000),
+    world=WorldSpec(**{kind: 2 * n for kind, n in LONG_RECIPE.world.model_dump().items()}),
+    train=LONG_RECIPE.train.model_copy(update={"steps": 2 * LONG_RECIPE.train.steps}),
 )
 RECIPES = {"builtin": DEFAULT_RECIPE, "builtin:tiny": TINY_RECIPE, "builtin:long": LONG_RECIPE,
            "builtin:xl": XL_RECIPE}
