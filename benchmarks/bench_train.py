@@ -4,6 +4,7 @@
     python benchmarks/bench_train.py sft --steps 20    # SFT tokens/s on the cached built-in base
     python benchmarks/bench_train.py probe --n 100     # what the base can do, in its own answer format
     python benchmarks/bench_train.py failures --model RUN/sft/step-002000 --n 100 [--task gp24-low]  # why they fail
+    python benchmarks/bench_train.py failures --model CKPT --n 300 --id-max-rank 9  # ID: hands without a 10 only
 
 `--threads N` sets torch's intra-op threads (default: torch's own choice). `probe` plays gp24 episodes
 (5 attempts, revision feedback, greedy) on the eval problems, reading answers in the pretraining world's
@@ -106,7 +107,7 @@ def bench_failures(args) -> dict:
         raise SystemExit("failures needs --model (an SFT or RL checkpoint folder)")
     model, tokenizer = load_model(args.model)
     backend = HFBackend(model, tokenizer, batch_size=args.n)
-    task = get_task(args.task)
+    task = get_task(args.task, id_max_rank=args.id_max_rank)
     out = {}
     for split in ("id", "ood"):
         problems = eval_problems(task, split, seed=0, episodes=args.n)
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--cache", help="pretrain: cache folder (default: a fresh temporary one)")
     parser.add_argument("--model", help="probe: a checkpoint folder (default: the built-in base); failures: required")
     parser.add_argument("--task", default="gp24", choices=("gp24", "gp24-low"), help="failures: the task")
+    parser.add_argument("--id-max-rank", type=int, default=13,
+                        help="failures: ID hands from cards A..this rank (9: the hands without a card worth 10)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()

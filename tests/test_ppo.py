@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
-from rlheal.rollout import Decoding, Generation, PlayedEpisode
+import rlheal.rollout
+from rlheal.rollout import Decoding, Generation, PlayedEpisode, play
 from rlheal.store import Store
 from rlheal.tasks.base import CORRECT, UNPARSEABLE, WRONG_VALUE, Problem, Task, Verdict
 from rlheal.train.ppo import RL_UPDATES, PPOConfig, flatten_episodes, train_ppo
@@ -82,6 +84,26 @@ def test_config_rejects_invalid_values_naming_the_field():
         PPOConfig(kl_coef=0.1, track_kl=False)
     with pytest.raises(ValidationError, match="extra"):
         PPOConfig(gama=0.9)
+    with pytest.raises(ValidationError, match="unknown option.*valid: target, id_max_rank"):
+        PPOConfig(task_options={"id_max": 9})
+
+
+def test_task_options_shape_the_rl_problems_and_are_recorded(tmp_path, make_tiny_checkpoint, monkeypatch):
+    config = PPOConfig(task="gp24", task_options={"id_max_rank": 9}, updates=1, episodes_per_update=4,
+                       max_attempts=1, max_new_tokens=4, minibatch_size=4, epochs=1)
+    assert "task_options" not in PPOConfig().model_dump() and config.model_dump()["task_options"] == {"id_max_rank": 9}
+    played = []
+
+    def spy(task, problems, *args, **kwargs):
+        played.extend(problems)
+        return play(task, problems, *args, **kwargs)
+
+    monkeypatch.setattr(rlheal.rollout, "play", spy)
+    start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
+    result = train_ppo(start, tmp_path / "rl", config, show_progress=False)
+    assert len(played) == 4 and all(max(p.data["values"]) <= 9 for p in played)
+    manifest = json.loads((result.checkpoints[-1] / "rlheal_manifest.json").read_text())
+    assert manifest["extra"]["config"]["task_options"] == {"id_max_rank": 9}
 
 
 def test_flatten_episodes_marks_each_episode_end(echo_task):

@@ -109,6 +109,17 @@ def test_fingerprint_changes_with_results_relevant_fields():
     assert a.fingerprint() == parse_config({}).fingerprint() != b.fingerprint()
 
 
+def test_rl_task_options_are_checked_against_every_task_and_change_the_fingerprint_only_when_set():
+    hard = load_config(overrides={"rl.ppo.task_options": {"id_max_rank": 9}})
+    assert hard.rl.settings("gp24")["task_options"] == {"id_max_rank": 9}
+    assert hard.fingerprint() != StudyConfig().fingerprint()
+    assert "task_options" not in StudyConfig().model_dump()["rl"]["ppo"]  # older run folders keep their fingerprint
+    with pytest.raises(ConfigError, match="task_options do not fit task 'rank'.*unknown option"):
+        load_config(overrides={"tasks": ["gp24", "rank"], "rl.ppo.task_options": {"id_max_rank": 9}})
+    with pytest.raises(ConfigError, match="id_max_rank must be a card rank"):
+        load_config(overrides={"rl.ppo.task_options": {"id_max_rank": 20}})
+
+
 def test_run_folder_of_another_config_is_refused(tmp_path):
     claim_run_folder(tmp_path, parse_config({}))
     claim_run_folder(tmp_path, parse_config({}))  # same config: fine

@@ -149,6 +149,18 @@ class StudyConfig(_Section):
     def _known_profile(cls, value: str) -> str:
         return check_names("profile", [value], PROFILES)[0]
 
+    @model_validator(mode="after")
+    def _rl_task_options_fit_every_task(self) -> StudyConfig:
+        from rlheal.tasks import get_task
+
+        options = getattr(self.rl, self.rl.algo).task_options
+        for task in self.tasks:
+            try:
+                get_task(task, self.profile, **options)
+            except ValueError as exc:
+                raise ValueError(f"rl.{self.rl.algo}.task_options do not fit task {task!r}: {exc}") from None
+        return self
+
     def fingerprint(self) -> str:
         """A hash of everything that changes results; a run folder made by another fingerprint is refused."""
         return stable_hash(self.model_dump(mode="json"))

@@ -38,3 +38,13 @@ def test_unknown_task_is_a_usage_error_listing_the_valid_ones():
     result = runner.invoke(app, ["tasks", "show", "gp25"])
     assert result.exit_code == 2
     assert "gp24, rank, det" in result.output
+
+
+def test_show_with_id_max_rank_prints_the_restricted_hands_and_rejects_a_bad_rank():
+    result = runner.invoke(app, ["tasks", "show", "gp24", "-n", "4", "--id-max-rank", "9"])
+    assert result.exit_code == 0, result.output
+    task = get_task("gp24", id_max_rank=9)
+    for index in range(4):
+        assert task.prompt(task.problem("id", 0, index)) in result.output
+    bad = runner.invoke(app, ["tasks", "show", "gp24", "--id-max-rank", "14"])
+    assert bad.exit_code == 2 and "id_max_rank must be a card rank 1..13" in bad.output

@@ -8,6 +8,7 @@ import pytest
 
 from rlheal.tasks import get_task
 from rlheal.tasks.base import CORRECT, ILLEGAL, UNPARSEABLE, WRONG_NUMBERS, WRONG_VALUE, Problem
+from rlheal.tasks.gp24 import RANKS
 from rlheal.tasks.solver24 import solvable
 
 RANK_VALUE = {"A": 1, "J": 11, "Q": 12, "K": 13} | {str(n): n for n in range(2, 11)}
@@ -55,6 +56,22 @@ def test_target_option():
         get_task("gp24", target=-1)
     with pytest.raises(ValueError, match="no solvable"):
         get_task("gp24", target=10**6).problem("id", 0, 0)
+
+
+def test_id_max_rank_option_draws_id_hands_from_fewer_ranks():
+    low = get_task("gp24", id_max_rank=9)
+    hands = low.problems("id", 0, 200)
+    assert all(max(p.data["values"]) <= 9 and solvable(p.data["values"], 24) for p in hands)
+    assert {card[:-1] for p in hands for card in p.data["cards"]} == set(RANKS[:9])
+    assert all(low.verify(p, low.answer(p)).correct for p in hands[:20])
+    default = get_task("gp24")
+    assert get_task("gp24", id_max_rank=13).problems("id", 0, 30) == default.problems("id", 0, 30)
+    assert low.problems("ood", 0, 30) == default.problems("ood", 0, 30)  # the option is about ID hands only
+    for bad in (0, 14, True, "9", 9.0):
+        with pytest.raises(ValueError, match="id_max_rank must be a card rank 1..13"):
+            get_task("gp24", id_max_rank=bad)
+    with pytest.raises(ValueError, match="no solvable id hand .* up to rank 2"):
+        get_task("gp24", id_max_rank=2).problem("id", 0, 0)
 
 
 def test_prompts_state_the_rule(task):

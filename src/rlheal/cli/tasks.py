@@ -12,12 +12,13 @@ _SPLIT = typer.Option("id", "--split", help="id or ood.")
 _SEED = typer.Option(0, "--seed", help="Problem seed.")
 _PROFILE = typer.Option("compact", "--profile", help="Prompt profile: compact or paper.")
 _TARGET = typer.Option(None, "--target", help="gp24 only: the number to make (default 24).")
+_ID_MAX_RANK = typer.Option(None, "--id-max-rank", help="gp24 only: draw ID cards from A..this rank (default 13).")
 
 
-def _task(name: str, profile: str, target: int | None):
+def _task(name: str, profile: str, target: int | None, id_max_rank: int | None):
     from rlheal.tasks import get_task
 
-    options = {} if target is None else {"target": target}
+    options = {k: v for k, v in {"target": target, "id_max_rank": id_max_rank}.items() if v is not None}
     try:
         return get_task(name, profile=profile, **options)
     except ValueError as error:
@@ -40,9 +41,10 @@ def show(
     seed: int = _SEED,
     profile: str = _PROFILE,
     target: int | None = _TARGET,
+    id_max_rank: int | None = _ID_MAX_RANK,
 ) -> None:
     """Print problems (prompt as the model sees it) with one correct answer each."""
-    task = _task(task_name, profile, target)
+    task = _task(task_name, profile, target, id_max_rank)
     for index in range(start, start + n):
         problem = _problem(task, split, seed, index)
         typer.echo(f"--- {problem.key}")
@@ -62,9 +64,10 @@ def check(
     index: int = typer.Option(0, "--index", min=0, help="Problem index."),
     profile: str = _PROFILE,
     target: int | None = _TARGET,
+    id_max_rank: int | None = _ID_MAX_RANK,
 ) -> None:
     """Judge one answer text for one problem and print the verdict."""
-    task = _task(task_name, profile, target)
+    task = _task(task_name, profile, target, id_max_rank)
     problem = _problem(task, split, seed, index)
     verdict = task.verify(problem, answer)
     typer.echo(f"problem:  {problem.key} {json.dumps(problem.data)}")

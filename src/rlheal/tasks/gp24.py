@@ -1,6 +1,7 @@
 """GeneralPoints (`gp24`): four playing cards, a formula with + - * / ( ) using each card's number once.
 
-ID: each card uniform over A..K with a random suit, J/Q/K count 10. OOD: three cards uniform, one drawn from
+ID: each card uniform over A..K with a random suit, J/Q/K count 10 (option `id_max_rank` draws ID cards from
+A..that rank only: 9 gives the ID hands without a card worth 10, the ones a model trained on ID fails most). OOD: three cards uniform, one drawn from
 J/Q/K, shuffled; J/Q/K count 11/12/13. Hands with no solution are redrawn. The rule is stated in the prompt.
 `gp24-low` is the same game with an OOD rule inside the ID value range, J/Q/K = 1/2/3: its OOD hands need no
 number above 10, so what separates OOD from ID is only reading the stated rule.
@@ -58,10 +59,10 @@ def card_value(rank: int, split: str, ood_faces: tuple[int, int, int] = OOD_FACE
     return 10 if split == "id" else ood_faces[rank - 11]
 
 
-def draw_ranks(rng, split: str) -> list[int]:
-    """Four ranks 1..13: uniform for ID; for OOD three uniform and one face card, shuffled."""
+def draw_ranks(rng, split: str, id_max_rank: int = 13) -> list[int]:
+    """Four ranks 1..13: uniform over 1..id_max_rank for ID; for OOD three uniform and one face card, shuffled."""
     if split == "id":
-        return [rng.randint(1, 13) for _ in range(4)]
+        return [rng.randint(1, id_max_rank) for _ in range(4)]
     ranks = [rng.randint(1, 13) for _ in range(3)] + [rng.randint(11, 13)]
     rng.shuffle(ranks)
     return ranks
@@ -90,29 +91,34 @@ def judge_formula(formula: str, values: list[int], target: int, name_values: boo
 
 
 class GeneralPoints(Task):
-    """The 24 game with an ID and an OOD face-card rule; option `target` (default 24)."""
+    """The 24 game with an ID and an OOD face-card rule; options `target` (default 24) and `id_max_rank`
+    (default 13: ID cards from A..K; lower it to draw ID hands from fewer ranks, e.g. for RL problems)."""
 
     name: ClassVar[str] = "gp24"
     ood_faces: ClassVar[tuple[int, int, int]] = OOD_FACES
     feedback_names_values: ClassVar[bool] = True  # the wrong-numbers feedback states the card values
     default_max_attempts: ClassVar[int] = 5
-    options: ClassVar[tuple[str, ...]] = ("target",)
+    options: ClassVar[tuple[str, ...]] = ("target", "id_max_rank")
 
-    def __init__(self, profile: str = "compact", target: int = 24) -> None:
+    def __init__(self, profile: str = "compact", target: int = 24, id_max_rank: int = 13) -> None:
         super().__init__(profile)
         if isinstance(target, bool) or not isinstance(target, int) or target < 0:
             raise ValueError(f"target must be a whole number >= 0, got {target!r}")
+        if isinstance(id_max_rank, bool) or not isinstance(id_max_rank, int) or not 1 <= id_max_rank <= 13:
+            raise ValueError(f"id_max_rank must be a card rank 1..13 (1 = A, 13 = K), got {id_max_rank!r}")
         self.target = target
+        self.id_max_rank = id_max_rank
 
     def problem(self, split: str, seed: int, index: int) -> Problem:
         rng = problem_rng(self.name, check_split(split), seed, index)
         for _ in range(MAX_DRAWS):
-            ranks = draw_ranks(rng, split)
+            ranks = draw_ranks(rng, split, self.id_max_rank)
             values = [card_value(r, split, self.ood_faces) for r in ranks]
             if solvable(values, self.target):
                 cards = [RANKS[r - 1] + rng.choice(SUITS) for r in ranks]
                 return Problem(self.name, split, seed, index, {"cards": cards, "values": values, "target": self.target})
-        raise ValueError(f"no solvable {split} hand for target {self.target} in {MAX_DRAWS} draws; use a target like 24")
+        raise ValueError(f"no solvable {split} hand for target {self.target} (ID cards up to rank {self.id_max_rank}) "
+                         f"in {MAX_DRAWS} draws; use a target like 24 and id_max_rank of at least 3")
 
     def prompt(self, problem: Problem) -> str:
         cards, target, split = problem.data["cards"], problem.data["target"], problem.split

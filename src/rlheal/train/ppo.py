@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from rlheal.store import Store, Table
 
@@ -77,6 +77,25 @@ class RLSettings(BaseModel):
     max_new_tokens: int = Field(64, ge=1, description="longest attempt, in tokens")
     rollout_batch_size: int = Field(16, ge=1, description="chats per generate call")
     save_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and the last)")
+    task_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the task for the RL problems only, e.g. gp24's {id_max_rank: "
+        "9}: ID hands without a card worth 10; evaluation uses the task's defaults")
+
+    @model_validator(mode="after")
+    def _task_options_are_known(self) -> RLSettings:
+        from rlheal.tasks import get_task
+
+        if self.task_options:  # the task name itself is checked when training starts (a Task object may replace it)
+            get_task(self.task, self.profile, **self.task_options)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_task_options(self, handler: Any) -> dict[str, Any]:
+        """Dumps leave `task_options` out while empty, so configs without it keep their hashes and fingerprints."""
+        data = handler(self)
+        if not self.task_options:
+            data.pop("task_options", None)
+        return data
 
 
 class PPOConfig(RLSettings):
@@ -293,7 +312,7 @@ def train_ppo(
     if task is None:
         from rlheal.tasks import get_task
 
-        task = get_task(config.task, config.profile)
+        task = get_task(config.task, config.profile, **config.task_options)
     if not isinstance(task, Task):
         raise TypeError(f"task must be a rlheal Task, got {type(task).__name__}")
     run_id, config_hash = str(out), stable_hash(config.model_dump())
