@@ -11,7 +11,7 @@ from test_ppo import DigitTask, NeverParsesTask, first_token_prob
 from rlheal.rollout import Generation
 from rlheal.store import Store
 from rlheal.train.grpo import GRPOConfig, episode_tokens, train_grpo
-from rlheal.train.ppo import RL_UPDATES
+from rlheal.train.ppo import RL_UPDATES, ResumeError
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +52,21 @@ TOY = dict(task="digit", prompts_per_update=4, num_generations=8, max_attempts=2
 
 
 @pytest.mark.slow
+def test_grpo_refuses_to_resume_checkpoints_of_other_settings(tmp_path, make_tiny_checkpoint):
+    from rlheal.models.checkpoint import Manifest, write_manifest
+
+    start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
+    config = GRPOConfig(task="gp24", updates=2, save_every=1)
+    done = tmp_path / "rl" / "step-000001"
+    done.mkdir(parents=True)
+    write_manifest(done, Manifest(stage="rl", step=1, parent=str(start), extra={"config": config.model_dump()}))
+    hard = config.model_copy(update={"task_options": {"id_max_rank": 9}})
+    with pytest.raises(ResumeError, match=r"task_options: None there, \{'id_max_rank': 9\} now"):
+        train_grpo(start, tmp_path / "rl", hard, show_progress=False)
+    finished = config.model_copy(update={"updates": 1})  # a longer or shorter run of the same settings is fine
+    assert train_grpo(start, tmp_path / "rl", finished, show_progress=False).rows == []
+
+
 def test_grpo_raises_the_reward_of_the_favoured_answers(tmp_path, make_tiny_checkpoint):
     start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
     before = first_token_prob(start, "0123456789")

@@ -12,7 +12,7 @@ import rlheal.rollout
 from rlheal.rollout import Decoding, Generation, PlayedEpisode, play
 from rlheal.store import Store
 from rlheal.tasks.base import CORRECT, UNPARSEABLE, WRONG_VALUE, Problem, Task, Verdict
-from rlheal.train.ppo import RL_UPDATES, PPOConfig, flatten_episodes, train_ppo
+from rlheal.train.ppo import RL_UPDATES, PPOConfig, ResumeError, flatten_episodes, rl_checkpoints, train_ppo
 
 
 @pytest.fixture(autouse=True)
@@ -178,6 +178,10 @@ def test_checkpoints_load_evaluate_and_resume(tmp_path, make_tiny_checkpoint):
     assert again.rows == []  # already done
     more = train_ppo(start, out, config.model_copy(update={"updates": 3}), task=DigitTask(), show_progress=False)
     assert [r["update"] for r in more.rows] == [3]
+    with pytest.raises(ResumeError, match=r"other settings \(lr: 0.01 there, 0.02 now\).*another output folder"):
+        train_ppo(start, out, PPOConfig(**{**TOY, "episodes_per_update": 8, "lr": 2e-2}, updates=4),
+                  task=DigitTask(), show_progress=False)
+    assert len(rl_checkpoints(out)) == 3  # nothing was trained or lost
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ def rl(
     """
     from pydantic import ValidationError
 
+    from rlheal.train.ppo import ResumeError
     from rlheal.train.sweep import SweepError, make_config, run_sweep
 
     overrides = parse_overrides(settings, example="lr=1e-6")
@@ -54,7 +55,7 @@ def rl(
                             overrides=overrides, eval_episodes=eval_episodes, eval_seed=eval_seed)
     except ValidationError as exc:
         raise typer.BadParameter(f"invalid {algo} setting: {exc}") from exc
-    except SweepError as exc:
+    except (SweepError, ResumeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     from rich.console import Console
     from rich.table import Table

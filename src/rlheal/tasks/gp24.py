@@ -1,8 +1,9 @@
 """GeneralPoints (`gp24`): four playing cards, a formula with + - * / ( ) using each card's number once.
 
 ID: each card uniform over A..K with a random suit, J/Q/K count 10 (option `id_max_rank` draws ID cards from
-A..that rank only: 9 gives the ID hands without a card worth 10, the ones a model trained on ID fails most). OOD: three cards uniform, one drawn from
-J/Q/K, shuffled; J/Q/K count 11/12/13. Hands with no solution are redrawn. The rule is stated in the prompt.
+A..that rank only: 9 gives the ID hands without a card worth 10, the ones a model trained on ID fails most).
+OOD: three cards uniform, one drawn from J/Q/K, shuffled; J/Q/K count 11/12/13. Hands with no solution are
+redrawn. The rule is stated in the prompt.
 `gp24-low` is the same game with an OOD rule inside the ID value range, J/Q/K = 1/2/3: its OOD hands need no
 number above 10, so what separates OOD from ID is only reading the stated rule.
 Rewards per attempt (PAPER.md §2): +5 correct, -1 right numbers but wrong value, -2 numbers not exactly the

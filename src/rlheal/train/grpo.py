@@ -29,7 +29,15 @@ from typing import Any, Literal
 from pydantic import Field
 
 from rlheal.store import Store
-from rlheal.train.ppo import RL_UPDATES, STEP_FOLDER, RLResult, RLSettings, rl_checkpoints, update_row
+from rlheal.train.ppo import (
+    RL_UPDATES,
+    STEP_FOLDER,
+    RLResult,
+    RLSettings,
+    check_same_settings,
+    rl_checkpoints,
+    update_row,
+)
 
 
 class GRPOConfig(RLSettings):
@@ -113,6 +121,8 @@ def train_grpo(
         raise TypeError(f"task must be a rlheal Task, got {type(task).__name__}")
     run_id, config_hash = str(out), stable_hash(config.model_dump())
     saved = rl_checkpoints(out)
+    if saved:
+        check_same_settings(saved[-1], config)
     done = read_manifest(saved[-1]).step if saved else 0
     if done >= config.updates:
         return RLResult(saved, [])

@@ -18,7 +18,8 @@ learning signal: the update is recorded with `no_signal = True` and no optimiser
 Built on Accelerate: `accelerate launch -m rlheal ...` runs one rollout per process (each on its own slice of
 problems) and DDP-averaged gradients; a single CPU process needs no configuration. Checkpoints are plain HF
 folders (`step-000010/`) with an rlheal manifest (stage "rl", parent = the starting checkpoint) and
-`value_head.safetensors`; training resumes from the latest one (with a fresh optimiser state).
+`value_head.safetensors`; training resumes from the latest one (with a fresh optimiser state) when it was
+trained with the same settings (only `updates` and `save_every` may change), and refuses otherwise.
 """
 
 from __future__ import annotations
@@ -233,6 +234,29 @@ def latest_resumable(out: Path) -> Path | None:
     return resumable[-1] if resumable else None
 
 
+RESUMABLE_CHANGES: tuple[str, ...] = ("updates", "save_every")  # settings a resumed run may change
+
+
+class ResumeError(ValueError):
+    """An RL output folder holds checkpoints trained with other settings than the ones asked for."""
+
+
+def check_same_settings(checkpoint: Path, config: BaseModel) -> None:
+    """Raise ResumeError, naming each differing setting, when RL checkpoint `checkpoint` was trained with
+    settings other than `config` (the run length and the checkpoint spacing aside)."""
+    import json
+
+    from rlheal.models.checkpoint import read_manifest
+
+    saved = read_manifest(checkpoint).extra.get("config") or {}
+    now = json.loads(json.dumps(config.model_dump(), default=str))
+    differ = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if differ:
+        changes = "; ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ)
+        raise ResumeError(f"{checkpoint.parent} holds RL checkpoints trained with other settings ({changes}); "
+                          "run with the same settings to resume it, or give another output folder (--out)")
+
+
 @dataclass
 class RLResult:
     """What an RL run left: its checkpoints (by step) and its `rl_updates` rows (this call's updates)."""
@@ -318,6 +342,8 @@ def train_ppo(
     run_id, config_hash = str(out), stable_hash(config.model_dump())
 
     resume = latest_resumable(out)
+    if resume is not None:
+        check_same_settings(resume, config)
     first_update = 1 if resume is None else _step_of(resume) + 1
     if first_update > config.updates:
         return RLResult(rl_checkpoints(out), [])
