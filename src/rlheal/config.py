@@ -151,12 +151,10 @@ class StudyConfig(_Section):
 
     @model_validator(mode="after")
     def _rl_task_options_fit_every_task(self) -> StudyConfig:
-        from rlheal.tasks import get_task
-
-        options = getattr(self.rl, self.rl.algo).task_options
+        settings = getattr(self.rl, self.rl.algo)
         for task in self.tasks:
             try:
-                get_task(task, self.profile, **options)
+                settings.model_copy(update={"task": task}).task_world()
             except ValueError as exc:
                 raise ValueError(f"rl.{self.rl.algo}.task_options do not fit task {task!r}: {exc}") from None
         return self

@@ -114,9 +114,7 @@ def train_grpo(
 
     start, out = check_checkpoint(Path(start)).resolve(), Path(out).resolve()
     if task is None:
-        from rlheal.tasks import get_task
-
-        task = get_task(config.task, config.profile, **config.task_options)
+        task = config.task_world()
     if not isinstance(task, Task):
         raise TypeError(f"task must be a rlheal Task, got {type(task).__name__}")
     run_id, config_hash = str(out), stable_hash(config.model_dump())

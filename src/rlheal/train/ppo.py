@@ -24,6 +24,7 @@ trained with the same settings (only `updates` and `save_every` may change), and
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -84,11 +85,15 @@ class RLSettings(BaseModel):
 
     @model_validator(mode="after")
     def _task_options_are_known(self) -> RLSettings:
+        if self.task_options:  # the task name itself is checked when training starts (a Task object may replace it)
+            self.task_world()
+        return self
+
+    def task_world(self) -> Any:
+        """The Task RL draws its problems from: `task` in `profile`, with `task_options`."""
         from rlheal.tasks import get_task
 
-        if self.task_options:  # the task name itself is checked when training starts (a Task object may replace it)
-            get_task(self.task, self.profile, **self.task_options)
-        return self
+        return get_task(self.task, self.profile, **self.task_options)
 
     @model_serializer(mode="wrap")
     def _omit_empty_task_options(self, handler: Any) -> dict[str, Any]:
@@ -244,8 +249,6 @@ class ResumeError(ValueError):
 def check_same_settings(checkpoint: Path, config: BaseModel) -> None:
     """Raise ResumeError, naming each differing setting, when RL checkpoint `checkpoint` was trained with
     settings other than `config` (the run length and the checkpoint spacing aside)."""
-    import json
-
     from rlheal.models.checkpoint import read_manifest
 
     saved = read_manifest(checkpoint).extra.get("config") or {}
@@ -334,9 +337,7 @@ def train_ppo(
 
     start, out = check_checkpoint(Path(start)).resolve(), Path(out).resolve()
     if task is None:
-        from rlheal.tasks import get_task
-
-        task = get_task(config.task, config.profile, **config.task_options)
+        task = config.task_world()
     if not isinstance(task, Task):
         raise TypeError(f"task must be a rlheal Task, got {type(task).__name__}")
     run_id, config_hash = str(out), stable_hash(config.model_dump())
