@@ -64,3 +64,44 @@ def test_bad_schema_is_refused():
         Table("x", {"a": "decimal"}, key=("a",))
     with pytest.raises(ValueError, match="key columns"):
         Table("x", {"a": "int"}, key=("b",))
+
+
+PATHS = Table("ckpts", {"checkpoint": "path", "parent": "path", "score": "float"}, key=("checkpoint",))
+
+
+def test_a_copied_or_moved_run_folder_keeps_its_rows(tmp_path):
+    import shutil
+
+    run, outside = tmp_path / "run", tmp_path / "elsewhere" / "base"
+    with Store(run) as store:
+        store.put(PATHS, [{"checkpoint": str(run / "sft" / "checkpoint-24"), "parent": str(outside), "score": 0.5},
+                          {"checkpoint": str(run), "parent": None, "score": 0.1}])
+    raw = sqlite3.connect(run / "results.sqlite").execute("SELECT checkpoint, parent FROM ckpts ORDER BY rowid")
+    assert raw.fetchall() == [("sft/checkpoint-24", str(outside)), (".", None)]  # inside: relative; outside: as is
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    shutil.rmtree(run)
+    with Store(copy) as store:
+        assert store.has(PATHS, checkpoint=str(copy / "sft" / "checkpoint-24"))
+        assert not store.has(PATHS, checkpoint=str(run / "sft" / "checkpoint-24"))
+        assert store.rows(PATHS) == [
+            {"checkpoint": str(copy / "sft" / "checkpoint-24"), "parent": str(outside), "score": 0.5},
+            {"checkpoint": str(copy), "parent": None, "score": 0.1}]
+        assert store.rows(PATHS, checkpoint=str(copy))[0]["score"] == 0.1
+
+
+def test_a_store_written_with_absolute_paths_is_converted_in_place_then_moves(tmp_path):
+    """Stores from before `path` columns held absolute folder strings; opening one in place converts them."""
+    import shutil
+
+    run = tmp_path / "run"
+    legacy = Table("ckpts", {"checkpoint": "str", "parent": "str", "score": "float"}, key=("checkpoint",))
+    with Store(run) as store:
+        store.put(legacy, [{"checkpoint": str(run / "sft" / "checkpoint-24"), "parent": "/models/base", "score": 1.0}])
+    with Store(run) as store:
+        assert store.rows(PATHS)[0]["checkpoint"] == str(run / "sft" / "checkpoint-24")
+    shutil.move(run, tmp_path / "moved")
+    with Store(tmp_path / "moved") as store:
+        assert store.rows(PATHS) == [
+            {"checkpoint": str(tmp_path / "moved" / "sft" / "checkpoint-24"), "parent": "/models/base", "score": 1.0}]

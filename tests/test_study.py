@@ -1,6 +1,7 @@
 """`rlheal study` end to end on configs/quick.yaml: every stage, the report, and a real kill + resume."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,21 @@ def test_rerun_does_nothing_new(quick_run):
     with Store(out) as store:
         after = store.rows(EVALS)
     assert [r["created"] for r in after] == [r["created"] for r in before]
+
+
+def test_a_copied_study_folder_is_recognised_as_done(quick_run, tmp_path):
+    """The store keeps paths inside the run folder relative, so a copy resumes with nothing to redo."""
+    out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, symlinks=True)
+    with Store(out) as store:
+        before = {t.name: store.rows(t) for t in (EVALS, LOSSES, RL_UPDATES, SPECTRAL)}
+    run_study(load_config(QUICK), copy, progress=False)
+    with Store(copy) as store:
+        after = {t.name: store.rows(t) for t in (EVALS, LOSSES, RL_UPDATES, SPECTRAL)}
+    assert [r["created"] for r in after["evals"]] == [r["created"] for r in before["evals"]]
+    assert all(len(after[name]) == len(rows) for name, rows in before.items())
+    assert all(r["checkpoint"].startswith(str(copy)) for r in after["evals"] if r["stage"] != "base")
 
 
 def test_one_attempt_study_keeps_to_its_eval_set(cache, tmp_path):

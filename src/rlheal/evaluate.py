@@ -28,11 +28,11 @@ DEFAULT_EPISODES = 500
 EVALS = Table(
     name="evals",
     columns={
-        "checkpoint": "str",
+        "checkpoint": "path",
         "label": "str",
         "stage": "str",
         "step": "int",
-        "parent": "str",
+        "parent": "path",
         "task": "str",
         "split": "str",
         "eval_set": "str",

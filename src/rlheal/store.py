@@ -4,11 +4,16 @@ Each room declares its own table as a `Table` (name, columns, key columns) next 
 the store creates tables on first use and writes rows transactionally, so a killed process loses at most
 the rows of the transaction in flight. A row whose key is already stored is replaced (`put`) or left
 alone (`has` lets a stage skip work it has already done).
+
+Columns of type `path` hold folders (checkpoints, RL runs). Callers read and write them as absolute paths;
+one inside the run folder is stored relative to it, so a run folder that is copied or moved keeps every row
+(its stages resume instead of starting again). Paths outside the run folder are stored as they are.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,7 +23,7 @@ from typing import Any
 
 STORE_FILENAME = "results.sqlite"
 
-_SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "json": "TEXT", "bool": "INTEGER"}
+_SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "json": "TEXT", "bool": "INTEGER", "path": "TEXT"}
 
 
 class StoreError(RuntimeError):
@@ -40,6 +45,10 @@ class Table:
         missing = [k for k in self.key if k not in self.columns]
         if missing:
             raise ValueError(f"table {self.name}: key columns {missing} are not columns")
+
+    @property
+    def path_columns(self) -> list[str]:
+        return [c for c, t in self.columns.items() if t == "path"]
 
     def ddl(self) -> str:
         cols = ", ".join(f'"{c}" {_SQL_TYPES[t]}' for c, t in self.columns.items())
@@ -90,7 +99,32 @@ class Store:
                 f"cannot open the results store {self.path}: {exc}. If the file is corrupt, move it aside "
                 "and rerun: every stage recomputes what the store does not hold."
             ) from exc
+        self.root = self.path.parent.resolve()
         self._known: set[str] = set()
+
+    def _stored_path(self, value: Any) -> Any:
+        """A folder as stored: relative to the run folder when inside it (`.` for the folder itself)."""
+        if value is None:
+            return None
+        folder = Path(value) if Path(value).is_absolute() else Path(value).resolve()
+        return str(folder.relative_to(self.root)) if folder.is_relative_to(self.root) else str(folder)
+
+    def _caller_path(self, value: Any) -> Any:
+        """A stored folder as callers see it: absolute."""
+        return value if value is None or Path(value).is_absolute() else str(self.root / value)
+
+    def _translate(self, table: Table, row: Mapping[str, Any], convert: Any) -> dict[str, Any]:
+        return {c: convert(v) if c in table.path_columns else v for c, v in row.items()}
+
+    def _relativize(self, table: Table) -> None:
+        """Store-wide, once per table: absolute paths inside the run folder (stores from before paths were
+        kept relative) become relative. A run folder moved before this ran is not recognised."""
+        prefix = f"{self.root}{os.sep}"
+        for col in table.path_columns:
+            self._conn.execute(f'UPDATE OR REPLACE "{table.name}" SET "{col}" = substr("{col}", ?) '
+                               f'WHERE substr("{col}", 1, ?) = ?', (len(prefix) + 1, len(prefix), prefix))
+            self._conn.execute(f'UPDATE OR REPLACE "{table.name}" SET "{col}" = \'.\' WHERE "{col}" = ?',
+                               (str(self.root),))
 
     def close(self) -> None:
         self._conn.close()
@@ -109,6 +143,7 @@ class Store:
                 for col, typ in table.columns.items():
                     if col not in present:  # a newer rlheal added a column: older rows read it as NULL
                         self._conn.execute(f'ALTER TABLE "{table.name}" ADD COLUMN "{col}" {_SQL_TYPES[typ]}')
+                self._relativize(table)
             self._known.add(table.name)
 
     @contextmanager
@@ -120,7 +155,7 @@ class Store:
     def put(self, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert or replace `rows` in one transaction; returns how many were written."""
         self._ensure(table)
-        encoded = [table.encode(r) for r in rows]
+        encoded = [table.encode(self._translate(table, r, self._stored_path)) for r in rows]
         cols = ", ".join(f'"{c}"' for c in table.columns)
         marks = ", ".join("?" for _ in table.columns)
         with self._conn:
@@ -133,15 +168,18 @@ class Store:
         bad = set(where) - set(table.columns)
         if bad:
             raise ValueError(f"table {table.name}: unknown columns {sorted(bad)}")
+        where = self._translate(table, where, self._stored_path)
         clause = " AND ".join(f'"{c}" = ?' for c in where)
         sql = f'SELECT * FROM "{table.name}"' + (f" WHERE {clause}" if clause else "") + " ORDER BY rowid"
         names = [r[1] for r in self._conn.execute(f'PRAGMA table_info("{table.name}")')]
         order = [names.index(c) for c in table.columns]
-        return [table.decode([raw[i] for i in order]) for raw in self._conn.execute(sql, tuple(where.values()))]
+        return [self._translate(table, table.decode([raw[i] for i in order]), self._caller_path)
+                for raw in self._conn.execute(sql, tuple(where.values()))]
 
     def has(self, table: Table, **key: Any) -> bool:
         """Whether a row with these column values exists (a stage's "already done?" question)."""
         self._ensure(table)
+        key = self._translate(table, key, self._stored_path)
         clause = " AND ".join(f'"{c}" = ?' for c in key)
         sql = f'SELECT 1 FROM "{table.name}"' + (f" WHERE {clause}" if clause else "") + " LIMIT 1"
         return self._conn.execute(sql, tuple(key.values())).fetchone() is not None

@@ -34,7 +34,7 @@ METRIC_COLUMNS = (
 SPECTRAL = Table(
     name="spectral",
     columns={
-        "target": "str", "reference": "str", "tensor": "str", "k_label": "str", "k": "int",
+        "target": "path", "reference": "path", "tensor": "str", "k_label": "str", "k": "int",
         "layer": "int", "module": "str", "rows": "int", "cols": "int", "rank": "int", "method": "str",
         **{c: "float" for c in METRIC_COLUMNS},
         "seconds": "float", "device": "str", "created": "str",
@@ -44,7 +44,7 @@ SPECTRAL = Table(
 
 SPECTRAL_SIGMA = Table(
     name="spectral_sigma",
-    columns={"target": "str", "reference": "str", "tensor": "str", "layer": "int", "module": "str",
+    columns={"target": "path", "reference": "path", "tensor": "str", "layer": "int", "module": "str",
              "sigma_ref": "json", "sigma_target": "json", "rel_drift": "json", "method": "str"},
     key=("target", "reference", "tensor"),
 )

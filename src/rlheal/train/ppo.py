@@ -39,9 +39,9 @@ from rlheal.store import Store, Table
 RL_UPDATES = Table(
     name="rl_updates",
     columns={
-        "run_id": "str",  # the RL output folder (resolved)
+        "run_id": "path",  # the RL output folder (resolved)
         "update": "int",
-        "start": "str",  # the starting (SFT) checkpoint folder (resolved)
+        "start": "path",  # the starting (SFT) checkpoint folder (resolved)
         "algo": "str",
         "task": "str",
         "mean_reward": "float",  # mean verifier reward per attempt

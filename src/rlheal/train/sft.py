@@ -36,7 +36,7 @@ from rlheal.train.schedule import ScheduleError, resolve_schedule
 
 LOSSES = Table(
     name="losses",
-    columns={"checkpoint": "str", "task": "str", "split": "str", "step": "int", "loss": "float",
+    columns={"checkpoint": "path", "task": "str", "split": "str", "step": "int", "loss": "float",
              "n_tokens": "int"},
     key=("checkpoint", "task", "split"),
 )
