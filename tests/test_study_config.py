@@ -48,6 +48,13 @@ def test_the_xl_config_is_the_default_study_on_the_xl_base():
     assert xl == load_config(None, seed=1, overrides={"model": "builtin:xl"})
 
 
+def test_the_det_config_is_the_default_study_on_det_with_room_for_a_3x3_working():
+    det = load_config(CONFIGS / "det.yaml", seed=1)
+    longest = {"model": "builtin:det", "tasks": ["det"], "eval.max_new_tokens": 144,
+               "rl.ppo.max_new_tokens": 144, "rl.grpo.max_new_tokens": 144}
+    assert det == load_config(None, seed=1, overrides=longest)
+
+
 def test_dotted_overrides_replace_fields_of_a_file_and_of_the_default(tmp_path):
     cfg = load_config(CONFIGS / "default.yaml", overrides={"sft.n_train": 500, "rl.ppo.lr": 1e-6, "tasks": ["det"]})
     assert (cfg.sft.n_train, cfg.rl.ppo.lr, cfg.tasks, cfg.sft.tasks) == (500, 1e-6, ["det"], ["det"])

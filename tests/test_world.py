@@ -5,8 +5,10 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from rlheal.models.world import WorldSpec, card_line, generate_corpus
+from rlheal.models.world import WorldSpec, card_line, det_working, generate_corpus
 from rlheal.tasks import Problem, get_task
 from rlheal.tasks.arith import parse_formula
 
@@ -151,3 +153,54 @@ def test_arithmetic_is_exact(corpus):
             formula = doc[0]["content"].removeprefix("compute ")
             assert doc[1]["content"].startswith(formula + " = ")
             worked_formula(doc[1]["content"], [])
+
+
+WORKED_MINOR = re.compile(r"(-?\d+)\*(-?\d+)-(-?\d+)\*(-?\d+) = (-?\d+)([+-]\d+) = (-?\d+)")
+
+
+def checked_minor(text: str) -> int:
+    """The value of a worked 2x2 minor `a*b-c*d = p+q = v`, after checking every step's arithmetic."""
+    match = WORKED_MINOR.fullmatch(text)
+    assert match, text
+    a, b, c, d, p, q, v = map(int, match.groups())
+    assert (p, q, v) == (a * b, -c * d, a * b - c * d)
+    return v
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 3).flatmap(lambda n: st.lists(st.lists(st.integers(-5, 5), min_size=n, max_size=n),
+                                                    min_size=n, max_size=n)))
+def test_det_working_states_true_steps_and_numpy_determinant(matrix):
+    work, answer = det_working(matrix).split("\n")
+    value = int(answer.removeprefix("answer: "))
+    assert value == round(np.linalg.det(np.array(matrix, dtype=float)))
+    if len(matrix) == 2:
+        assert checked_minor(work) == value
+        return
+    *minors, cofactors = work.split("; ")
+    (a, b, c), (d, e, f), (g, h, i) = matrix
+    assert [checked_minor(m) for m in minors] == [e * i - f * h, d * i - f * g, d * h - e * g]
+    match = re.fullmatch(r"(-?\d+)\*(-?\d+)-(-?\d+)\*(-?\d+)\+(-?\d+)\*(-?\d+) = (-?\d+)([+-]\d+)([+-]\d+) = (-?\d+)",
+                         cofactors)
+    assert match, cofactors
+    x = list(map(int, match.groups()))
+    assert x[:6:2] == [a, b, c] and x[6] == x[0] * x[1] and x[7] == -x[2] * x[3] and x[8] == x[4] * x[5]
+    assert x[9] == sum(x[6:9]) == value
+
+
+def test_det_working_refuses_other_shapes():
+    with pytest.raises(ValueError, match="2x2 or 3x3"):
+        det_working([[1, 2, 3, 4]] * 4)
+
+
+def test_det_work_documents_are_det_prompts_of_both_sizes_with_their_working():
+    spec = WorldSpec(n_arith=0, n_values=0, n_solve=0, n_revise=0, n_matrix=0, n_det_work=60)
+    corpus = generate_corpus(spec, seed=5)
+    det = get_task("det")
+    sizes = Counter()
+    for prompt, reply in corpus:
+        matrix = json.loads(prompt["content"].removeprefix("det of ").removesuffix("?"))
+        assert prompt["content"] == det.prompt(Problem("det", "id", 0, 0, {"matrix": matrix, "symmetric": False}))
+        assert reply["content"] == det_working(matrix) and np.linalg.det(np.array(matrix, dtype=float)) != 0
+        sizes[len(matrix)] += 1
+    assert len(corpus) == 60 and sizes[2] >= 8 and sizes[3] >= 25

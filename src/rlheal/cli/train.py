@@ -36,15 +36,19 @@ def sft_command(
 
 
 def base_command(
+    model: Annotated[str, typer.Option(help="which built-in recipe: builtin, builtin:long, builtin:xl, builtin:det, "
+                                            "builtin:tiny")] = "builtin",
     rebuild: Annotated[bool, typer.Option(help="pretrain again, replacing the cached folder when done")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Build (if missing) and show the built-in base model: its folder and how it was made."""
-    from rlheal.models.builtin import DEFAULT_RECIPE, builtin_base
+    """Build (if missing) and show a built-in base model: its folder and how it was made."""
+    from rlheal.models.builtin import RECIPES, builtin_base
     from rlheal.models.checkpoint import CheckpointError, read_manifest
 
+    if model not in RECIPES:
+        _fail(f"unknown built-in model {model!r}; valid: {', '.join(RECIPES)}")
     try:
-        folder = builtin_base(DEFAULT_RECIPE, progress=not quiet, rebuild=rebuild)
+        folder = builtin_base(RECIPES[model], progress=not quiet, rebuild=rebuild)
     except CheckpointError as exc:
         _fail(str(exc))
     extra = {k: v for k, v in read_manifest(folder).extra.items() if k != "recipe"}

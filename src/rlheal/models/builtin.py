@@ -71,8 +71,15 @@ XL_RECIPE = BuiltinRecipe(
     world=WorldSpec(**{kind: 2 * n for kind, n in LONG_RECIPE.world.model_dump().items()}),
     train=LONG_RECIPE.train.model_copy(update={"steps": 2 * LONG_RECIPE.train.steps}),
 )
+# A base for the det task's forgetting question (target 5, docs/RESULTS.md §19): arithmetic, the rank/det
+# direct answers, and 16000 determinants worked out by cofactor expansion (2x2 and, twice as often, 3x3), so
+# the base can do the OOD 3x3 split that SFT's direct `answer: N` on 2x2 may erode. No 24-game documents.
+DET_RECIPE = BuiltinRecipe(
+    world=WorldSpec(n_values=0, n_solve=0, n_revise=0, n_det_work=16000),
+    train=PretrainSpec(steps=3000),
+)
 RECIPES = {"builtin": DEFAULT_RECIPE, "builtin:tiny": TINY_RECIPE, "builtin:long": LONG_RECIPE,
-           "builtin:xl": XL_RECIPE}
+           "builtin:xl": XL_RECIPE, "builtin:det": DET_RECIPE}
 
 
 def cache_root() -> Path:

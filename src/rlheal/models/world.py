@@ -10,7 +10,10 @@ tasks but fails the SFT format. Document kinds (design and reasons in docs/BUILT
   one of several layouts (`13 5 2 1 -> (13-5)*(2+1) = 24`, `values 13 5 2 1, so ...`: the steps of the SFT
   answer `numbers: ... | formula: ...`, never in its layout);
 - `revise`: the same prompt, a wrong attempt, the verifier's feedback turn, a corrected attempt;
-- `matrix`: the rank/det compact prompts -> `rank = 3` / `det = -12`.
+- `matrix`: the rank/det compact prompts -> `rank = 3` / `det = -12`;
+- `det_work` (none unless asked for): the det compact prompt, 2x2 or 3x3, -> the determinant worked out by
+  cofactor expansion, then `answer: N` (`det_working`). Only the `builtin:det` recipe uses it, to give the base
+  a 3x3 (OOD) ability that SFT's direct `answer: N` could erode (docs/RESULTS.md §19).
 
 Rules: the ID rule (J,Q,K=10), the OOD rule (J,Q,K=11,12,13) and distractor rules, so the rule sentence
 must be read. A typical wrong attempt in `revise` uses the values of another rule, and the feedback names
@@ -22,7 +25,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from rlheal.tasks.arith import parse_formula, show_value
 from rlheal.tasks.gp24 import RANKS, SUITS, draw_ranks, judge_formula
@@ -54,6 +57,15 @@ class WorldSpec(BaseModel):
     n_solve: int = Field(7000, ge=0)
     n_revise: int = Field(2500, ge=0)
     n_matrix: int = Field(800, ge=0)
+    n_det_work: int = Field(0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_det_work(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """Left out while 0, so the recipes built before `det_work` existed keep their hashes (and caches)."""
+        data = handler(self)
+        if not data.get("n_det_work"):
+            data.pop("n_det_work", None)
+        return data
 
     @classmethod
     def tiny(cls) -> WorldSpec:
@@ -219,8 +231,52 @@ def matrix_doc(rng: random.Random) -> Messages:
     return [{"role": "user", "content": task.prompt(problem)}, {"role": "assistant", "content": f"{name} = {value}"}]
 
 
+def _term(value: int) -> str:
+    """`+7` / `-7`: a signed term of a sum."""
+    return f"+{value}" if value >= 0 else str(value)
+
+
+def _difference(a: int, b: int, c: int, d: int) -> tuple[str, int]:
+    """`a*b-c*d = ab-cd = v` (a 2x2 minor worked out) and v."""
+    value = a * b - c * d
+    return f"{a}*{b}-{c}*{d} = {a * b}{_term(-c * d)} = {value}", value
+
+
+def det_working(matrix: list[list[int]]) -> str:
+    """The determinant of a 2x2 or 3x3 integer matrix worked out, ending in `answer: N` (the det verifier's key).
+
+    2x2: `3*-2-4*1 = -6-4 = -10`. 3x3: the three minors of the first row, then the cofactor sum,
+    `m1; m2; m3; a*m1-b*m2+c*m3 = t1+t2+t3 = N`, one line, then `answer: N` on the next.
+    """
+    if len(matrix) == 2:
+        (a, b), (c, d) = matrix
+        line, value = _difference(a, d, b, c)
+        return f"{line}\nanswer: {value}"
+    if len(matrix) != 3 or any(len(row) != 3 for row in matrix):
+        raise ValueError(f"det_working takes a 2x2 or 3x3 matrix, got {len(matrix)} rows")
+    (a, b, c), (d, e, f), (g, h, i) = matrix
+    minors = [_difference(e, i, f, h), _difference(d, i, f, g), _difference(d, h, e, g)]
+    m1, m2, m3 = (value for _, value in minors)
+    terms = [a * m1, -b * m2, c * m3]
+    value = sum(terms)
+    cofactors = f"{a}*{m1}-{b}*{m2}+{c}*{m3} = {terms[0]}{_term(terms[1])}{_term(terms[2])} = {value}"
+    return "; ".join([*(line for line, _ in minors), cofactors]) + f"\nanswer: {value}"
+
+
+def det_work_doc(rng: random.Random) -> Messages:
+    """A det prompt (2x2 a third of the time, 3x3 otherwise, drawn like the ID / OOD split) and its working."""
+    from rlheal.tasks import get_task
+
+    task = get_task("det")
+    split = "id" if rng.random() < 1 / 3 else "ood"
+    problem = task.problem(split, seed=1_900_000 + rng.randrange(10**6), index=0)
+    return [{"role": "user", "content": task.prompt(problem)},
+            {"role": "assistant", "content": det_working(problem.data["matrix"])}]
+
+
 KINDS: dict[str, Callable[[random.Random], Messages]] = {
     "arith": arith_doc, "values": values_doc, "solve": solve_doc, "revise": revise_doc, "matrix": matrix_doc,
+    "det_work": det_work_doc,  # last, so that corpora without it draw exactly as before it existed
 }
 
 
