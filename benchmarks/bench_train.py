@@ -5,6 +5,7 @@
     python benchmarks/bench_train.py probe --n 100     # what the base can do, in its own answer format
     python benchmarks/bench_train.py failures --model RUN/sft/step-002000 --n 100 [--task gp24-low]  # why they fail
     python benchmarks/bench_train.py failures --model CKPT --n 300 --id-max-rank 9  # ID: hands without a 10 only
+    python benchmarks/bench_train.py det-strategy --model CKPT [CKPT ...] --n 100  # det: worked out or direct?
 
 `--threads N` sets torch's intra-op threads (default: torch's own choice). `probe` plays gp24 episodes
 (5 attempts, revision feedback, greedy) on the eval problems, reading answers in the pretraining world's
@@ -12,6 +13,9 @@ format (`<formula> = <value>`) instead of the compact SFT format, to show the ab
 `failures` counts the verifier's verdict kinds of greedy first attempts in the compact format (ID and OOD),
 how often the answer's `numbers:` field states the card values under the prompt's rule, and how often it
 states them under the ID rule instead (J/Q/K = 10: the paper's OOD failure, reading the wrong rule).
+`det-strategy` sorts greedy first attempts on the det eval problems (ID 2x2, OOD 3x3) by how they are written:
+`working` (a cofactor working as the `builtin:det` base writes it, then `answer:`), `direct` (`answer: N`
+alone, the SFT answer) or `other`, with how many of each are right.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def bench_probe(args) -> dict:
             formula = text.rsplit("=", 1)[0].strip() if "=" in text else text.strip()
             return judge_formula(formula, problem.data["values"], problem.data["target"])
 
-    model, tokenizer = load_model(args.model or resolve_model("builtin", progress=not args.quiet))
+    model, tokenizer = load_model(one_model(args) or resolve_model("builtin", progress=not args.quiet))
     backend = HFBackend(model, tokenizer, batch_size=32)
     compact, worked = get_task("gp24"), WorkedFormat()
     out = {}
@@ -105,7 +109,7 @@ def bench_failures(args) -> dict:
 
     if not args.model:
         raise SystemExit("failures needs --model (an SFT or RL checkpoint folder)")
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(one_model(args))
     backend = HFBackend(model, tokenizer, batch_size=args.n)
     task = get_task(args.task, id_max_rank=args.id_max_rank)
     out = {}
@@ -122,6 +126,43 @@ def bench_failures(args) -> dict:
                                                                    zip(stated, id_rule, problems, strict=True))
                                                                / len(first), 3),
                       "examples": [e.generations[0].text for e in first[:3]]}
+    return out
+
+
+def one_model(args) -> str | None:
+    """The one --model folder of probe and failures (None when not given)."""
+    if args.model and len(args.model) > 1:
+        raise SystemExit(f"{args.what} takes one --model folder, got {len(args.model)}")
+    return args.model[0] if args.model else None
+
+
+def answer_strategy(text: str) -> str:
+    """How a det answer is written: `working` (steps with ` = `, then `answer:`), `direct` or `other`."""
+    if "answer:" in text and " = " in text:
+        return "working"
+    return "direct" if text.strip().startswith("answer:") else "other"
+
+
+def bench_det_strategy(args) -> dict:
+    from collections import Counter
+
+    from rlheal.evaluate import eval_problems
+    from rlheal.models.checkpoint import load_model
+    from rlheal.rollout import Decoding, HFBackend, play
+    from rlheal.tasks import get_task
+
+    if not args.model:
+        raise SystemExit("det-strategy needs --model (one or more checkpoint folders)")
+    task, out = get_task("det"), {}
+    for folder in args.model:
+        model, tokenizer = load_model(folder)
+        backend = HFBackend(model, tokenizer, batch_size=args.n)
+        for split in ("id", "ood"):
+            played = play(task, eval_problems(task, split, seed=0, episodes=args.n), backend, max_attempts=1,
+                          decoding=Decoding(max_new_tokens=144))
+            kinds = [answer_strategy(e.generations[0].text) for e in played]
+            right = Counter(k for k, e in zip(kinds, played, strict=True) if e.episode.verdicts[0].correct)
+            out[f"{folder} {split}"] = {k: f"{n} ({right[k]} right)" for k, n in sorted(Counter(kinds).items())}
     return out
 
 
@@ -142,11 +183,12 @@ def probe_values(backend, n: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("pretrain", "sft", "probe", "failures"))
+    parser.add_argument("what", choices=("pretrain", "sft", "probe", "failures", "det-strategy"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--cache", help="pretrain: cache folder (default: a fresh temporary one)")
-    parser.add_argument("--model", help="probe: a checkpoint folder (default: the built-in base); failures: required")
+    parser.add_argument("--model", nargs="+", help="probe, failures: a checkpoint folder (probe's default: the "
+                                                   "built-in base); det-strategy: one or more")
     parser.add_argument("--task", default="gp24", choices=("gp24", "gp24-low"), help="failures: the task")
     parser.add_argument("--id-max-rank", type=int, default=13,
                         help="failures: ID hands from cards A..this rank (9: the hands without a card worth 10)")
@@ -157,7 +199,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    benches = {"pretrain": bench_pretrain, "sft": bench_sft, "probe": bench_probe, "failures": bench_failures}
+    benches = {"pretrain": bench_pretrain, "sft": bench_sft, "probe": bench_probe, "failures": bench_failures,
+               "det-strategy": bench_det_strategy}
     result = benches[args.what](args)
     print(json.dumps({"threads": torch.get_num_threads(), **result}, indent=1))
 

@@ -248,3 +248,11 @@ def test_sweep_evaluates_with_its_own_attempt_limit_when_given(tmp_path, make_ti
         rows = store.rows(EVALS)
     assert rows and {r["eval_set"].split("-")[2] for r in rows} == {"a1"}  # the study's limit, not RL's 2
     assert all(r["mean_attempts"] == 1 for r in rows)
+
+
+def test_no_signal_advice_tells_solved_starts_from_unparsed_ones():
+    from rlheal.train.ppo import no_signal_advice
+
+    assert "solved at the first attempt" in no_signal_advice({"success_rate": 1.0, "format_rate": 1.0})
+    unparsed = no_signal_advice({"success_rate": 0.0, "format_rate": 0.0})
+    assert "parse in 0% of attempts" in unparsed and "train SFT longer" in unparsed

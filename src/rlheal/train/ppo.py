@@ -474,9 +474,17 @@ def train_ppo(
     result = RLResult(rl_checkpoints(out), rows)
     if result.no_signal and accelerator.is_main_process:
         console.print(f"[yellow]PPO from {start}: no learning signal in any update: every attempt got the same "
-                      f"reward (format rate {rows[-1]['format_rate']:.0%}). The checkpoint's answers may never "
-                      "parse: train SFT longer or check the prompt profile.[/yellow]")
+                      f"reward. {no_signal_advice(rows[-1])}[/yellow]")
     return result
+
+
+def no_signal_advice(row: dict[str, Any]) -> str:
+    """What to change when RL had no learning signal, from the last update's row."""
+    if row["success_rate"] == 1.0:
+        return ("Every episode was solved at the first attempt: nothing to learn. Start from an earlier or weaker "
+                "checkpoint, sample at a higher temperature, or train on harder problems (task_options).")
+    return (f"The answers parse in {row['format_rate']:.0%} of attempts and none is rewarded differently: "
+            "train SFT longer or check the prompt profile.")
 
 
 def _step_of(folder: Path) -> int:
