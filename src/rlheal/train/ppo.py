@@ -481,8 +481,8 @@ def train_ppo(
 def no_signal_advice(row: dict[str, Any]) -> str:
     """What to change when RL had no learning signal, from the last update's row."""
     if row["success_rate"] == 1.0:
-        return ("Every episode was solved at the first attempt: nothing to learn. Start from an earlier or weaker "
-                "checkpoint, sample at a higher temperature, or train on harder problems (task_options).")
+        return ("Every episode was solved at the first attempt: nothing to learn. Start from a checkpoint that still fails "
+                "some problems, sample at a higher temperature, or train on harder problems (task_options).")
     return (f"The answers parse in {row['format_rate']:.0%} of attempts and none is rewarded differently: "
             "train SFT longer or check the prompt profile.")
 
