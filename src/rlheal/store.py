@@ -114,7 +114,8 @@ class Store:
         return value if value is None or Path(value).is_absolute() else str(self.root / value)
 
     def _translate(self, table: Table, row: Mapping[str, Any], convert: Any) -> dict[str, Any]:
-        return {c: convert(v) if c in table.path_columns else v for c, v in row.items()}
+        paths = set(table.path_columns)  # once per row, not once per column
+        return {c: convert(v) if c in paths else v for c, v in row.items()}
 
     def _relativize(self, table: Table) -> None:
         """Store-wide, once per table: absolute paths inside the run folder (stores from before paths were
