@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlheal.models.builtin import TINY_RECIPE, BuiltinRecipe, ModelSpec, base_folder, builtin_base
-from rlheal.models.checkpoint import MANIFEST, CheckpointError, load_model
+from rlheal.models.checkpoint import MANIFEST, CheckpointError, load_model, weights_sha256
 from rlheal.models.tokenizer import CHARACTERS, SPECIAL_TOKENS, char_tokenizer
 
 
@@ -77,6 +77,22 @@ def test_base_command_names_the_valid_recipes_for_an_unknown_one():
 
 
 @pytest.mark.slow
+def test_base_command_shows_the_weights_sha256(tmp_path, monkeypatch):
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from rlheal.cli import app
+
+    monkeypatch.setenv("RLHEAL_CACHE", str(tmp_path))
+    result = CliRunner().invoke(app, ["base", "--model", "builtin:tiny", "--quiet"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / f"base-{TINY_RECIPE.hash()}"
+    shown = json.loads(result.output[result.output.index("{"):])
+    assert shown["weights_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
 def test_tiny_base_builds_deterministically_and_is_cached(tmp_path):
     from safetensors.numpy import load_file
 
@@ -85,6 +101,7 @@ def test_tiny_base_builds_deterministically_and_is_cached(tmp_path):
     assert first.name == second.name == f"base-{TINY_RECIPE.hash()}"
     w1, w2 = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert w1.keys() == w2.keys() and all((w1[k] == w2[k]).all() for k in w1)
+    assert weights_sha256(first) == weights_sha256(second)
 
     manifest = json.loads((first / MANIFEST).read_text())
     assert manifest["stage"] == "base" and manifest["config_hash"] == TINY_RECIPE.hash()

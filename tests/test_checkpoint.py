@@ -12,6 +12,7 @@ from rlheal.models.checkpoint import (
     load_model,
     read_manifest,
     save_model,
+    weights_sha256,
     write_manifest,
 )
 
@@ -76,3 +77,33 @@ def test_save_is_atomic_and_loads_back(tmp_path, tiny_checkpoint):
     with pytest.raises(FileExistsError):
         save_model(model, tokenizer, out, Manifest(stage="sft", step=6))
     assert read_manifest(out).step == 5  # the refused save left the folder alone
+
+
+def test_weights_sha256_is_the_files_sha256_and_tracks_every_weight(tmp_path, make_tiny_checkpoint):
+    import hashlib
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    one = make_tiny_checkpoint(tmp_path / "one", seed=0)
+    same = make_tiny_checkpoint(tmp_path / "same", seed=0)
+    other = make_tiny_checkpoint(tmp_path / "other", seed=1)
+    assert weights_sha256(one) == hashlib.sha256((one / "model.safetensors").read_bytes()).hexdigest()
+    assert weights_sha256(one) == weights_sha256(same) != weights_sha256(other)
+
+    nudged = tmp_path / "nudged"
+    shutil.copytree(one, nudged)
+    tensors = load_file(nudged / "model.safetensors")
+    name = sorted(tensors)[-1]
+    tensors[name].flat[0] = tensors[name].flat[0] + 1e-6
+    save_file(tensors, nudged / "model.safetensors", metadata={"format": "pt"})
+    assert weights_sha256(nudged) != weights_sha256(one)
+
+    shards = tmp_path / "shards"
+    shutil.copytree(one, shards)
+    (shards / "model.safetensors").rename(shards / "model-00002.safetensors")
+    (shards / "model-00001.safetensors").write_bytes(b"first shard")
+    expected = hashlib.sha256(b"first shard" + (one / "model.safetensors").read_bytes()).hexdigest()
+    assert weights_sha256(shards) == expected  # shards are read in name order
+    with pytest.raises(CheckpointError, match="does not exist"):
+        weights_sha256(tmp_path / "missing")

@@ -122,9 +122,12 @@ class Study:
 
     # --- stages ----------------------------------------------------------------------------------
     def base(self) -> Path:
+        from rlheal.models.checkpoint import weights_sha256
         from rlheal.train.sft import resolve_model
 
         folder = resolve_model(self.cfg.model, progress=self.progress)
+        if self.cfg.model.startswith("builtin"):
+            log.info("base %s, weights sha256 %s", folder, weights_sha256(folder))
         link = self.run.base
         if not link.exists():
             tmp = link.with_name(".base.link")

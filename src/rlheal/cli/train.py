@@ -43,7 +43,7 @@ def base_command(
 ) -> None:
     """Build (if missing) and show a built-in base model: its folder and how it was made."""
     from rlheal.models.builtin import RECIPES, builtin_base
-    from rlheal.models.checkpoint import CheckpointError, read_manifest
+    from rlheal.models.checkpoint import CheckpointError, read_manifest, weights_sha256
 
     if model not in RECIPES:
         _fail(f"unknown built-in model {model!r}; valid: {', '.join(RECIPES)}")
@@ -52,6 +52,7 @@ def base_command(
     except CheckpointError as exc:
         _fail(str(exc))
     extra = {k: v for k, v in read_manifest(folder).extra.items() if k != "recipe"}
+    extra["weights_sha256"] = weights_sha256(folder)
     typer.echo(str(folder))
     typer.echo(json.dumps(extra, indent=1))
 

@@ -6,6 +6,7 @@ and saves model + tokenizer with clear errors. Weights are only read from safete
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -86,6 +87,19 @@ def check_checkpoint(folder: str | Path) -> Path:
         if missing:
             raise CheckpointError(f"{folder} lacks weight shards {missing} named by its index")
     return folder
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 (hex) of the folder's safetensors files, read in name order: for a one-file model it is what
+    `sha256sum model.safetensors` prints. Equal digests mean bit-identical weights; two builds of one recipe on
+    different CPUs or thread counts may differ (docs/BUILTIN_MODEL.md)."""
+    folder = check_checkpoint(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def find_checkpoints(paths: list[str | Path]) -> list[Path]:
