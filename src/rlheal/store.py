@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,9 @@ class Table:
         if missing:
             raise ValueError(f"table {self.name}: key columns {missing} are not columns")
 
-    @property
-    def path_columns(self) -> list[str]:
-        return [c for c, t in self.columns.items() if t == "path"]
+    @cached_property
+    def path_columns(self) -> frozenset[str]:
+        return frozenset(c for c, t in self.columns.items() if t == "path")
 
     def ddl(self) -> str:
         cols = ", ".join(f'"{c}" {_SQL_TYPES[t]}' for c, t in self.columns.items())
@@ -114,8 +115,7 @@ class Store:
         return value if value is None or Path(value).is_absolute() else str(self.root / value)
 
     def _translate(self, table: Table, row: Mapping[str, Any], convert: Any) -> dict[str, Any]:
-        paths = set(table.path_columns)  # once per row, not once per column
-        return {c: convert(v) if c in paths else v for c, v in row.items()}
+        return {c: convert(v) if c in table.path_columns else v for c, v in row.items()}
 
     def _relativize(self, table: Table) -> None:
         """Store-wide, once per table: absolute paths inside the run folder (stores from before paths were
