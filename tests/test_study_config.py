@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from rlheal.config import ConfigError, StudyConfig, default_yaml, load_config, parse_config
-from rlheal.study import StudyError, choose_rl_starts, claim_run_folder
+from rlheal.study import StudyError, choose_rl_starts, claim_run_folder, decline_start
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -53,6 +53,14 @@ def test_the_det_config_is_the_default_study_on_det_with_room_for_a_3x3_working(
     longest = {"model": "builtin:det", "tasks": ["det"], "eval.max_new_tokens": 144,
                "rl.ppo.max_new_tokens": 144, "rl.grpo.max_new_tokens": 144}
     assert det == load_config(None, seed=1, overrides=longest)
+
+
+def test_the_det_heal_config_is_the_det_study_with_the_commands_of_results_22():
+    heal = load_config(CONFIGS / "det-heal.yaml", seed=2)
+    commands = {"sft.lr": 1e-4, "rl.starts": "decline", "rl.ppo.updates": 400, "rl.ppo.save_every": 50,
+                "rl.ppo.max_attempts": 1}
+    assert heal == load_config(CONFIGS / "det.yaml", seed=2, overrides=commands)
+    assert (heal.rl.decline_points, heal.rl.ppo.lr, heal.rl.ppo.episodes_per_update) == (5.0, 1e-4, 16)
 
 
 def test_dotted_overrides_replace_fields_of_a_file_and_of_the_default(tmp_path):
@@ -157,6 +165,42 @@ def test_auto_starts_include_peak_and_last_and_spread_over_id():
 def test_auto_starts_with_few_checkpoints():
     assert choose_rl_starts(_rows([0.0, 0.3], [0.0, 0.5]), 4) == [10]
     assert choose_rl_starts([], 4) == []
+
+
+def test_decline_start_is_the_first_checkpoint_five_points_below_the_peak():
+    # docs/RESULTS.md §21/§22, det at SFT lr 1e-4, seed 0 (steps 0, 10, ..., 90 stand for 0, 2, ..., 2000)
+    ood = [0.14, 0.14, 0.14, 0.14, 0.13, 0.14, 0.07, 0.04, 0.01, 0.02]
+    rows = _rows(ood, [1.0] * len(ood))
+    assert decline_start(rows, 5.0) == 60  # 14 -> 7 %: the first 5-point drop
+    assert decline_start(rows, 10.0) == 70  # 14 -> 4 %
+    assert decline_start(rows, 7.0) == 60  # exactly 7 points counts despite 0.14 - 0.07 != 0.07 in floats
+    assert decline_start(rows, 14.0) is None  # never 14 points below
+
+
+def test_decline_start_measures_from_the_peak_not_the_base():
+    ood = [0.10, 0.30, 0.27, 0.20, 0.26]  # the peak is step 10; step 0 is below it but comes first
+    assert decline_start(_rows(ood, [0.5] * 5), 5.0) == 30
+    assert decline_start([], 5.0) is None
+
+
+def test_decline_starts_in_a_config():
+    cfg = parse_config({"rl": {"starts": "decline", "decline_points": 10}})
+    assert (cfg.rl.starts, cfg.rl.decline_points) == ("decline", 10.0)
+    with pytest.raises(ConfigError, match="decline_points"):
+        parse_config({"rl": {"starts": "decline", "decline_points": 0}})
+
+
+def test_study_decline_starts_pick_the_decline_and_the_end(tmp_path, caplog):
+    from rlheal.study import Study
+
+    ood = [0.14, 0.14, 0.07, 0.04]
+    rows = [{**r, "task": "det"} for r in _rows(ood, [1.0, 1.0, 0.1, 0.6])]
+    folders = {step: tmp_path / f"step-{step}" for step in (0, 10, 20, 30)}
+    study = Study(parse_config({"tasks": ["det"], "rl": {"starts": "decline"}}), tmp_path / "run", progress=False)
+    assert study.rl_starts("det", rows, folders) == [folders[20], folders[30]]
+    flat = [{**r, "success_rate": 0.14} if r["split"] == "ood" else r for r in rows]
+    assert study.rl_starts("det", flat, folders) == [folders[30]]  # no decline: the end only, with a warning
+    assert "fell 5 points below the peak" in caplog.text
 
 
 def test_study_defaults_apply_with_and_without_a_section():

@@ -49,10 +49,13 @@ class EvalSection(_Section):
 
 class RLSection(_Section):
     algo: Literal["ppo", "grpo"] = "ppo"
-    starts: Literal["auto"] | list[int] = Field(
+    starts: Literal["auto", "decline"] | list[int] = Field(
         "auto", description="SFT steps to start RL from; auto spreads them over the ID-success range, "
-        "always with the OOD peak and the last checkpoint")
+        "always with the OOD peak and the last checkpoint; decline takes the first checkpoint whose OOD success "
+        "is `decline_points` below the peak, and the last checkpoint")
     n_starts: int = Field(3, ge=1, description="how many starts `auto` picks")
+    decline_points: float = Field(5.0, gt=0.0, le=100.0,
+                                  description="percentage points below the OOD peak that mark the `decline` start")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="settings when algo is ppo")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings when algo is grpo")
 

@@ -100,6 +100,18 @@ def choose_rl_starts(sft_rows: Sequence[dict[str, Any]], n: int) -> list[int]:
     return sorted(chosen)
 
 
+def decline_start(sft_rows: Sequence[dict[str, Any]], points: float) -> int | None:
+    """The first SFT step after the OOD peak whose OOD success is at least `points` percentage points below
+    it (the peak counts the base, step 0; ties go to the earliest step), or None when OOD never falls that far.
+    `sft_rows` are one task's SFT eval rows (both splits)."""
+    ood = {r["step"]: r["success_rate"] for r in sft_rows if r["split"] == "ood"}
+    if not ood:
+        return None
+    peak = max(ood, key=lambda s: (ood[s], -s))
+    fallen = sorted(s for s in ood if s > peak and 100 * (ood[peak] - ood[s]) >= points - 1e-9)
+    return fallen[0] if fallen else None
+
+
 def _setup_logging(run: Run) -> logging.Handler:
     handler = logging.FileHandler(run.root / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -167,8 +179,15 @@ class Study:
 
     def rl_starts(self, task: str, sft_rows: Sequence[dict[str, Any]], sft_folders: dict[int, Path]) -> list[Path]:
         rl = self.cfg.rl
+        rows = [r for r in sft_rows if r["task"] == task]
         if rl.starts == "auto":
-            steps = choose_rl_starts([r for r in sft_rows if r["task"] == task], rl.n_starts)
+            steps = choose_rl_starts(rows, rl.n_starts)
+        elif rl.starts == "decline":  # the decline's first checkpoint and the over-trained end
+            first = decline_start(rows, rl.decline_points)
+            if first is None:
+                log.warning("%s: no SFT checkpoint's OOD success fell %g points below the peak; RL starts only "
+                            "from the last checkpoint", task, rl.decline_points)
+            steps = sorted({first, max(r["step"] for r in rows)} - {None, 0}) if rows else []
         else:
             missing = [s for s in rl.starts if s not in sft_folders]
             if missing:
