@@ -47,15 +47,38 @@ class EvalSection(_Section):
     max_attempts: int | None = Field(None, ge=1, description="None = each task's default")
 
 
+def _decline_points(rule: str) -> float:
+    """5 for `decline`, P for `decline:P` (0 < P ≤ 100); anything else is an error that lists the choices."""
+    name, _, points = rule.partition(":")
+    try:
+        value = 5.0 if name == "decline" and not points else float(points) if name == "decline" else None
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value <= 100.0:
+        raise ValueError(f"unknown RL start rule {rule!r}: use auto, decline, decline:P with 0 < P <= 100 "
+                         f"(percentage points below the OOD peak), or a list of SFT steps")
+    return value
+
+
 class RLSection(_Section):
     algo: Literal["ppo", "grpo"] = "ppo"
-    starts: Literal["auto", "decline"] | list[int] = Field(
+    starts: Literal["auto"] | str | list[int] = Field(
         "auto", description="SFT steps to start RL from; auto spreads them over the ID-success range, "
-        "always with the OOD peak and the last checkpoint; decline takes the first checkpoint whose OOD success "
-        "is `decline_points` below the peak, and the last checkpoint")
+        "always with the OOD peak and the last checkpoint; decline (or decline:P) takes the first checkpoint "
+        "whose OOD success is 5 (or P) percentage points below the peak, and the last checkpoint")
     n_starts: int = Field(3, ge=1, description="how many starts `auto` picks")
-    decline_points: float = Field(5.0, gt=0.0, le=100.0,
-                                  description="percentage points below the OOD peak that mark the `decline` start")
+
+    @field_validator("starts")
+    @classmethod
+    def _known_rule(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            _decline_points(value)
+        return value
+
+    @property
+    def decline_points(self) -> float | None:
+        """Points below the OOD peak of the `decline` rule, or None when `starts` is not that rule."""
+        return _decline_points(self.starts) if isinstance(self.starts, str) and self.starts != "auto" else None
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="settings when algo is ppo")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings when algo is grpo")
 

@@ -182,7 +182,7 @@ class Study:
         rows = [r for r in sft_rows if r["task"] == task]
         if rl.starts == "auto":
             steps = choose_rl_starts(rows, rl.n_starts)
-        elif rl.starts == "decline":  # the decline's first checkpoint and the over-trained end
+        elif rl.decline_points is not None:  # the decline's first checkpoint and the over-trained end
             first = decline_start(rows, rl.decline_points)
             if first is None:
                 log.warning("%s: no SFT checkpoint's OOD success fell %g points below the peak; RL starts only "
