@@ -6,6 +6,7 @@
     python benchmarks/bench_train.py failures --model RUN/sft/step-002000 --n 100 [--task gp24-low]  # why they fail
     python benchmarks/bench_train.py failures --model CKPT --n 300 --id-max-rank 9  # ID: hands without a 10 only
     python benchmarks/bench_train.py det-strategy --model CKPT [CKPT ...] --n 100  # det: worked out or direct?
+    python benchmarks/bench_train.py det-steps --model CKPT [CKPT ...] --n 100     # det 3x3: which step fails?
 
 `--threads N` sets torch's intra-op threads (default: torch's own choice). `probe` plays gp24 episodes
 (5 attempts, revision feedback, greedy) on the eval problems, reading answers in the pretraining world's
@@ -15,7 +16,9 @@ how often the answer's `numbers:` field states the card values under the prompt'
 states them under the ID rule instead (J/Q/K = 10: the paper's OOD failure, reading the wrong rule).
 `det-strategy` sorts greedy first attempts on the det eval problems (ID 2x2, OOD 3x3) by how they are written:
 `working` (a cofactor working as the `builtin:det` base writes it, then `answer:`), `direct` (`answer: N`
-alone, the SFT answer) or `other`, with how many of each are right.
+alone, the SFT answer) or `other`, with how many of each are right. `det-steps` checks the OOD (3x3) workings
+step by step (`rlheal.models.world.check_det_working`): matrix entries copied into the three minors, the
+minors' values, and the final cofactor sum from the working's own minors.
 """
 
 from __future__ import annotations
@@ -143,26 +146,56 @@ def answer_strategy(text: str) -> str:
     return "direct" if text.strip().startswith("answer:") else "other"
 
 
-def bench_det_strategy(args) -> dict:
-    from collections import Counter
-
+def det_first_attempts(args, split: str):
+    """(folder, problems, played episodes) of greedy first attempts on the det eval set, per --model folder."""
     from rlheal.evaluate import eval_problems
     from rlheal.models.checkpoint import load_model
     from rlheal.rollout import Decoding, HFBackend, play
     from rlheal.tasks import get_task
 
     if not args.model:
-        raise SystemExit("det-strategy needs --model (one or more checkpoint folders)")
-    task, out = get_task("det"), {}
+        raise SystemExit(f"{args.what} needs --model (one or more checkpoint folders)")
+    task = get_task("det")
+    problems = eval_problems(task, split, seed=0, episodes=args.n)
     for folder in args.model:
         model, tokenizer = load_model(folder)
         backend = HFBackend(model, tokenizer, batch_size=args.n)
-        for split in ("id", "ood"):
-            played = play(task, eval_problems(task, split, seed=0, episodes=args.n), backend, max_attempts=1,
-                          decoding=Decoding(max_new_tokens=144))
+        yield folder, problems, play(task, problems, backend, max_attempts=1, decoding=Decoding(max_new_tokens=144))
+
+
+def bench_det_strategy(args) -> dict:
+    from collections import Counter
+
+    out = {}
+    for split in ("id", "ood"):
+        for folder, _, played in det_first_attempts(args, split):
             kinds = [answer_strategy(e.generations[0].text) for e in played]
             right = Counter(k for k, e in zip(kinds, played, strict=True) if e.episode.verdicts[0].correct)
             out[f"{folder} {split}"] = {k: f"{n} ({right[k]} right)" for k, n in sorted(Counter(kinds).items())}
+    return out
+
+
+def bench_det_steps(args) -> dict:
+    from collections import Counter
+
+    from rlheal.models.world import check_det_working
+
+    out = {}
+    for folder, problems, played in det_first_attempts(args, "ood"):
+        counts, workings = Counter(), 0
+        for problem, episode in zip(problems, played, strict=True):
+            checked = check_det_working(episode.generations[0].text, problem.data["matrix"])
+            if checked is not None:
+                workings += 1
+                counts.update(checked)
+                counts["all_minors_ok"] += checked["minors_ok"] == 3
+                counts["sum_ok_with_all_minors_ok"] += checked["minors_ok"] == 3 and checked["sum_ok"]
+        out[folder] = {"episodes": len(played), "workings": workings,
+                       "entries_ok": f"{counts['entries_ok']} of {3 * workings} minors",
+                       "minors_ok": f"{counts['minors_ok']} of {3 * workings} minors",
+                       "all_minors_ok": f"{counts['all_minors_ok']} of {workings} workings",
+                       "sum_ok": f"{counts['sum_ok']} of {workings} workings",
+                       "sum_ok_with_all_minors_ok": counts["sum_ok_with_all_minors_ok"], "right": counts["right"]}
     return out
 
 
@@ -183,12 +216,12 @@ def probe_values(backend, n: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("pretrain", "sft", "probe", "failures", "det-strategy"))
+    parser.add_argument("what", choices=("pretrain", "sft", "probe", "failures", "det-strategy", "det-steps"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--cache", help="pretrain: cache folder (default: a fresh temporary one)")
     parser.add_argument("--model", nargs="+", help="probe, failures: a checkpoint folder (probe's default: the "
-                                                   "built-in base); det-strategy: one or more")
+                                                   "built-in base); det-strategy, det-steps: one or more")
     parser.add_argument("--task", default="gp24", choices=("gp24", "gp24-low"), help="failures: the task")
     parser.add_argument("--id-max-rank", type=int, default=13,
                         help="failures: ID hands from cards A..this rank (9: the hands without a card worth 10)")
@@ -200,7 +233,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     benches = {"pretrain": bench_pretrain, "sft": bench_sft, "probe": bench_probe, "failures": bench_failures,
-               "det-strategy": bench_det_strategy}
+               "det-strategy": bench_det_strategy, "det-steps": bench_det_steps}
     result = benches[args.what](args)
     print(json.dumps({"threads": torch.get_num_threads(), **result}, indent=1))
 

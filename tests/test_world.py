@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlheal.models.world import WorldSpec, card_line, det_working, generate_corpus
+from rlheal.models.world import WorldSpec, card_line, check_det_working, det_working, generate_corpus
 from rlheal.tasks import Problem, get_task
 from rlheal.tasks.arith import parse_formula
 
@@ -204,3 +204,29 @@ def test_det_work_documents_are_det_prompts_of_both_sizes_with_their_working():
         assert reply["content"] == det_working(matrix) and np.linalg.det(np.array(matrix, dtype=float)) != 0
         sizes[len(matrix)] += 1
     assert len(corpus) == 60 and sizes[2] >= 8 and sizes[3] >= 25
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(-5, 5), min_size=3, max_size=3), min_size=3, max_size=3),
+       st.integers(0, 2), st.integers(6, 9))
+def test_check_det_working_passes_true_workings_and_finds_a_miscopied_entry(matrix, minor, wrong):
+    assert check_det_working(det_working(matrix), matrix) == {"entries_ok": 3, "minors_ok": 3, "sum_ok": 1,
+                                                              "right": 1}
+    # the same working with the first entry of one minor miscopied as `wrong` (outside the matrix's -5..5)
+    lines = det_working(matrix).split("; ")
+    lines[minor] = f"{wrong}*" + lines[minor].split("*", 1)[1]
+    # the stated minor values are left as they were: only the copying step is wrong
+    assert check_det_working("; ".join(lines), matrix) == {"entries_ok": 2, "minors_ok": 3, "sum_ok": 1,
+                                                           "right": 1}
+
+
+def test_check_det_working_on_a_model_answer_counted_by_hand():
+    # seed 2's RL checkpoint on an OOD problem (docs/RESULTS.md §22): minors 1 and 3 miscopy an entry
+    matrix = [[5, -1, 2], [-1, 1, 1], [2, 1, -5]]
+    text = "7*-5-1*1 = -25+1 = -20; -1*-5-1*2 = 5-2 = 3; -1*1-0*2 = -1+0 = -1; 5*-20--1*3+2*-1 = 100+3+2 = 157\nanswer: 157"
+    assert check_det_working(text, matrix) == {"entries_ok": 1, "minors_ok": 1, "sum_ok": 0, "right": 0}
+    assert check_det_working("answer: -33", matrix) is None  # a direct answer has no working to check
+    hostile = "; ".join(["9" * 5000 + "*1-1*1 = 0 = 1"] * 3) + "\nanswer: " + "9" * 5000
+    assert check_det_working(hostile, matrix) is None  # numbers too long to be entries: no crash, no reading
+    with pytest.raises(ValueError, match="3x3"):
+        check_det_working(text, [[1, 2], [3, 4]])

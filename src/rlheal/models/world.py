@@ -23,6 +23,7 @@ the right card values: correcting a misread rule is in-distribution for the base
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
@@ -261,6 +262,35 @@ def det_working(matrix: list[list[int]]) -> str:
     value = sum(terms)
     cofactors = f"{a}*{m1}-{b}*{m2}+{c}*{m3} = {terms[0]}{_term(terms[1])}{_term(terms[2])} = {value}"
     return "; ".join([*(line for line, _ in minors), cofactors]) + f"\nanswer: {value}"
+
+
+_NUMBER = r"(?<!\d)(-?\d{1,12})(?!\d)"  # bounded, so hostile output cannot make int() choke
+_MINOR = re.compile(rf"{_NUMBER}\*{_NUMBER}-{_NUMBER}\*{_NUMBER} = [^=;]*= {_NUMBER}")
+_ANSWER = re.compile(rf"answer: {_NUMBER}")
+
+
+def check_det_working(text: str, matrix: list[list[int]]) -> dict[str, int] | None:
+    """Where a 3x3 working in `det_working`'s format goes right or wrong, step by step; None when `text` does
+    not start with three worked 2x2 minors. Counts: `entries_ok` (minors whose four entries are the matrix's),
+    `minors_ok` (minors whose value is the true minor), `sum_ok` (1 when the answer is the cofactor sum of the
+    first row with the text's own minor values, right or wrong) and `right` (1 when the answer is the
+    determinant). Reads model output as data only."""
+    if len(matrix) != 3 or any(len(row) != 3 for row in matrix):
+        raise ValueError(f"check_det_working takes a 3x3 matrix, got {len(matrix)} rows")
+    found = _MINOR.findall(text.split("\n", 1)[0])[:3]
+    if len(found) < 3:
+        return None
+    (a, b, c), (d, e, f), (g, h, i) = matrix
+    wanted = [(e, i, f, h), (d, i, f, g), (d, h, e, g)]
+    stated = [tuple(int(x) for x in m) for m in found]
+    values = [m[4] for m in stated]
+    answer = _ANSWER.search(text)
+    given = None if answer is None else int(answer.group(1))
+    true = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+    return {"entries_ok": sum(m[:4] == w for m, w in zip(stated, wanted, strict=True)),
+            "minors_ok": sum(m[4] == w[0] * w[1] - w[2] * w[3] for m, w in zip(stated, wanted, strict=True)),
+            "sum_ok": int(given == a * values[0] - b * values[1] + c * values[2]),
+            "right": int(given == true)}
 
 
 def det_work_doc(rng: random.Random) -> Messages:
