@@ -49,11 +49,13 @@ class EvalSection(_Section):
 
 def _decline_points(rule: str) -> float:
     """5 for `decline`, P for `decline:P` (0 < P ≤ 100); anything else is an error that lists the choices."""
-    name, _, points = rule.partition(":")
-    try:
-        value = 5.0 if name == "decline" and not points else float(points) if name == "decline" else None
-    except ValueError:
-        value = None
+    name, colon, points = rule.partition(":")
+    value = None
+    if name == "decline":
+        try:
+            value = float(points) if colon else 5.0
+        except ValueError:
+            pass
     if value is None or not 0.0 < value <= 100.0:
         raise ValueError(f"unknown RL start rule {rule!r}: use auto, decline, decline:P with 0 < P <= 100 "
                          f"(percentage points below the OOD peak), or a list of SFT steps")
@@ -67,6 +69,8 @@ class RLSection(_Section):
         "always with the OOD peak and the last checkpoint; decline (or decline:P) takes the first checkpoint "
         "whose OOD success is 5 (or P) percentage points below the peak, and the last checkpoint")
     n_starts: int = Field(3, ge=1, description="how many starts `auto` picks")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="settings when algo is ppo")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings when algo is grpo")
 
     @field_validator("starts")
     @classmethod
@@ -79,8 +83,6 @@ class RLSection(_Section):
     def decline_points(self) -> float | None:
         """Points below the OOD peak of the `decline` rule, or None when `starts` is not that rule."""
         return _decline_points(self.starts) if isinstance(self.starts, str) and self.starts != "auto" else None
-    ppo: PPOConfig = Field(default_factory=PPOConfig, description="settings when algo is ppo")
-    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings when algo is grpo")
 
     @model_validator(mode="before")
     @classmethod
