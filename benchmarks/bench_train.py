@@ -146,8 +146,9 @@ def answer_strategy(text: str) -> str:
     return "direct" if text.strip().startswith("answer:") else "other"
 
 
-def det_first_attempts(args, split: str):
-    """(folder, problems, played episodes) of greedy first attempts on the det eval set, per --model folder."""
+def det_first_attempts(args, splits: tuple[str, ...]):
+    """(folder, split, problems, played episodes) of greedy first attempts on the det eval sets, each --model
+    folder loaded once."""
     from rlheal.evaluate import eval_problems
     from rlheal.models.checkpoint import load_model
     from rlheal.rollout import Decoding, HFBackend, play
@@ -156,22 +157,23 @@ def det_first_attempts(args, split: str):
     if not args.model:
         raise SystemExit(f"{args.what} needs --model (one or more checkpoint folders)")
     task = get_task("det")
-    problems = eval_problems(task, split, seed=0, episodes=args.n)
+    problems = {split: eval_problems(task, split, seed=0, episodes=args.n) for split in splits}
     for folder in args.model:
         model, tokenizer = load_model(folder)
         backend = HFBackend(model, tokenizer, batch_size=args.n)
-        yield folder, problems, play(task, problems, backend, max_attempts=1, decoding=Decoding(max_new_tokens=144))
+        for split in splits:
+            yield folder, split, problems[split], play(task, problems[split], backend, max_attempts=1,
+                                                       decoding=Decoding(max_new_tokens=144))
 
 
 def bench_det_strategy(args) -> dict:
     from collections import Counter
 
     out = {}
-    for split in ("id", "ood"):
-        for folder, _, played in det_first_attempts(args, split):
-            kinds = [answer_strategy(e.generations[0].text) for e in played]
-            right = Counter(k for k, e in zip(kinds, played, strict=True) if e.episode.verdicts[0].correct)
-            out[f"{folder} {split}"] = {k: f"{n} ({right[k]} right)" for k, n in sorted(Counter(kinds).items())}
+    for folder, split, _, played in det_first_attempts(args, ("id", "ood")):
+        kinds = [answer_strategy(e.generations[0].text) for e in played]
+        right = Counter(k for k, e in zip(kinds, played, strict=True) if e.episode.verdicts[0].correct)
+        out[f"{folder} {split}"] = {k: f"{n} ({right[k]} right)" for k, n in sorted(Counter(kinds).items())}
     return out
 
 
@@ -181,7 +183,7 @@ def bench_det_steps(args) -> dict:
     from rlheal.models.world import check_det_working
 
     out = {}
-    for folder, problems, played in det_first_attempts(args, "ood"):
+    for folder, _, problems, played in det_first_attempts(args, ("ood",)):
         counts, workings = Counter(), 0
         for problem, episode in zip(problems, played, strict=True):
             checked = check_det_working(episode.generations[0].text, problem.data["matrix"])

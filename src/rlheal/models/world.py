@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from rlheal.tasks import linalg
 from rlheal.tasks.arith import parse_formula, show_value
 from rlheal.tasks.gp24 import RANKS, SUITS, draw_ranks, judge_formula
 from rlheal.tasks.solver24 import solvable, solve
@@ -243,6 +244,12 @@ def _difference(a: int, b: int, c: int, d: int) -> tuple[str, int]:
     return f"{a}*{b}-{c}*{d} = {a * b}{_term(-c * d)} = {value}", value
 
 
+def _minor_entries(matrix: list[list[int]]) -> list[tuple[int, int, int, int]]:
+    """The entries (p, q, r, s) of the first row's three 2x2 minors of a 3x3 matrix, each minor being p*q-r*s."""
+    _, (d, e, f), (g, h, i) = matrix
+    return [(e, i, f, h), (d, i, f, g), (d, h, e, g)]
+
+
 def det_working(matrix: list[list[int]]) -> str:
     """The determinant of a 2x2 or 3x3 integer matrix worked out, ending in `answer: N` (the det verifier's key).
 
@@ -255,8 +262,8 @@ def det_working(matrix: list[list[int]]) -> str:
         return f"{line}\nanswer: {value}"
     if len(matrix) != 3 or any(len(row) != 3 for row in matrix):
         raise ValueError(f"det_working takes a 2x2 or 3x3 matrix, got {len(matrix)} rows")
-    (a, b, c), (d, e, f), (g, h, i) = matrix
-    minors = [_difference(e, i, f, h), _difference(d, i, f, g), _difference(d, h, e, g)]
+    (a, b, c), *_ = matrix
+    minors = [_difference(*entries) for entries in _minor_entries(matrix)]
     m1, m2, m3 = (value for _, value in minors)
     terms = [a * m1, -b * m2, c * m3]
     value = sum(terms)
@@ -280,17 +287,16 @@ def check_det_working(text: str, matrix: list[list[int]]) -> dict[str, int] | No
     found = _MINOR.findall(text.split("\n", 1)[0])[:3]
     if len(found) < 3:
         return None
-    (a, b, c), (d, e, f), (g, h, i) = matrix
-    wanted = [(e, i, f, h), (d, i, f, g), (d, h, e, g)]
+    (a, b, c), *_ = matrix
+    wanted = _minor_entries(matrix)
     stated = [tuple(int(x) for x in m) for m in found]
     values = [m[4] for m in stated]
     answer = _ANSWER.search(text)
     given = None if answer is None else int(answer.group(1))
-    true = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
     return {"entries_ok": sum(m[:4] == w for m, w in zip(stated, wanted, strict=True)),
             "minors_ok": sum(m[4] == w[0] * w[1] - w[2] * w[3] for m, w in zip(stated, wanted, strict=True)),
             "sum_ok": int(given == a * values[0] - b * values[1] + c * values[2]),
-            "right": int(given == true)}
+            "right": int(given == linalg.det(matrix))}
 
 
 def det_work_doc(rng: random.Random) -> Messages:
