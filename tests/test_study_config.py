@@ -7,6 +7,7 @@ import yaml
 
 from rlheal.config import ConfigError, StudyConfig, default_yaml, load_config, parse_config
 from rlheal.study import StudyError, choose_rl_starts, claim_run_folder, decline_start
+from rlheal.train.ppo import PPOConfig
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -58,9 +59,12 @@ def test_the_det_config_is_the_default_study_on_det_with_room_for_a_3x3_working(
 def test_the_det_heal_config_is_the_det_study_with_the_commands_of_results_22():
     heal = load_config(CONFIGS / "det-heal.yaml", seed=2)
     commands = {"sft.lr": 1e-4, "rl.starts": "decline", "rl.ppo.updates": 400, "rl.ppo.save_every": 50,
-                "rl.ppo.max_attempts": 1}
+                "rl.ppo.max_attempts": 1, "rl.ppo.lr": 1e-5, "rl.ppo.episodes_per_update": 64}
     assert heal == load_config(CONFIGS / "det.yaml", seed=2, overrides=commands)
-    assert (heal.rl.decline_points, heal.rl.ppo.lr, heal.rl.ppo.episodes_per_update) == (5.0, 1e-4, 16)
+    # §22's `rlheal rl` commands ran at PPOConfig's own lr and batch, not the short default study's
+    rl_command = PPOConfig(task="det", updates=400, save_every=50, max_new_tokens=144, max_attempts=1, seed=2)
+    assert heal.rl.settings("det") == rl_command.model_dump()
+    assert heal.rl.decline_points == 5.0
 
 
 def test_dotted_overrides_replace_fields_of_a_file_and_of_the_default(tmp_path):
