@@ -256,3 +256,18 @@ def test_no_signal_advice_tells_solved_starts_from_unparsed_ones():
     assert "solved at the first attempt" in no_signal_advice({"success_rate": 1.0, "format_rate": 1.0})
     unparsed = no_signal_advice({"success_rate": 0.0, "format_rate": 0.0})
     assert "parse in 0% of attempts" in unparsed and "train SFT longer" in unparsed
+
+
+def test_rlheal_rl_prints_every_setting_it_trains_with_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlheal.cli import app
+
+    result = CliRunner().invoke(app, ["rl", "--from", str(tmp_path / "missing"), "--set", "lr=3e-5",
+                                      "--set", "episodes_per_update=16"])
+    assert result.exit_code != 0 and "missing" in result.output  # no SFT folder: nothing trained
+    shown = dict(part.split("=", 1) for part in result.output.split("ppo settings: ")[1].splitlines()[0].split())
+    expected = PPOConfig(lr=3e-5, episodes_per_update=16).model_dump()
+    assert shown.keys() == expected.keys()
+    assert {k: shown[k] for k in ("lr", "episodes_per_update", "temperature", "kl_coef")} == {
+        "lr": "3e-05", "episodes_per_update": "16", "temperature": "0.2", "kl_coef": "0.0"}

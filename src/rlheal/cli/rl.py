@@ -36,7 +36,8 @@ def rl(
 ) -> None:
     """Run RL from each chosen SFT checkpoint and evaluate every RL checkpoint on ID and OOD.
 
-    Resumes: starts already done are skipped, an interrupted start continues from its latest RL checkpoint.
+    Prints the full RL settings first. Resumes: starts already done are skipped, an interrupted start continues
+    from its latest RL checkpoint.
     `rlheal results` then shows OOD before and after RL for each start.
     """
     from pydantic import ValidationError
@@ -50,7 +51,9 @@ def rl(
     if task is not None:
         overrides["task"] = task
     try:
-        make_config(algo, overrides)  # fail before any work
+        config = make_config(algo, overrides)  # fail before any work
+        # `rlheal rl` trains at its algorithm's own defaults, not at a study's RL settings: say which it uses.
+        typer.echo(f"{algo} settings: " + " ".join(f"{k}={v}" for k, v in config.model_dump().items()))
         summary = run_sweep(sft, out or sft.resolve().parent, algo=algo, steps=_parse_steps(checkpoints),
                             overrides=overrides, eval_episodes=eval_episodes, eval_seed=eval_seed)
     except ValidationError as exc:
