@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlheal.evaluate import (
     EVAL_SEED_OFFSET,
@@ -104,6 +105,7 @@ def test_always_right_or_always_wrong(store, two_checkpoints, echo_task, script,
         assert row["checkpoint"] == str(two_checkpoints[0].resolve())
         assert row["eval_set"] == "seed2-n40-a3-compact" and row["seed"] == 2
         assert row["decoding"] == Decoding().as_dict() and "torch" in row["versions"]
+        assert row["versions"]["torch_threads"] == torch.get_num_threads() and row["versions"]["cpu"]
     assert store.rows(EVALS) == rows
 
 

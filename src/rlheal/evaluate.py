@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlheal.models.checkpoint import Manifest, check_checkpoint, read_manifest
-from rlheal.provenance import versions
+from rlheal.provenance import environment
 from rlheal.rollout import Backend, Decoding, HFBackend, play
 from rlheal.stats import wilson_interval
 from rlheal.store import Store, Table
@@ -107,7 +107,7 @@ def eval_row(folder: Path, manifest: Manifest, task: str, split: str, eval_set: 
     return {
         "checkpoint": str(folder), "label": manifest.label, "stage": manifest.stage, "step": manifest.step,
         "parent": manifest.parent, "task": task, "split": split, "eval_set": eval_set, **summarize(episodes),
-        "decoding": decoding.as_dict(), "seed": seed, "versions": versions(),
+        "decoding": decoding.as_dict(), "seed": seed, "versions": environment(),
         "created": datetime.now(UTC).isoformat(timespec="microseconds"),
     }
 

@@ -1,4 +1,4 @@
-"""What every stored result records about how it was made: package versions and config hashes."""
+"""What every stored result records about how it was made: package versions, CPU threads, config hashes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import platform
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 _PACKAGES = ("rlheal", "torch", "transformers", "trl", "accelerate", "safetensors", "numpy", "scipy")
@@ -22,6 +23,26 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def environment() -> dict[str, Any]:
+    """`versions()` plus what else changes CPU numbers: torch's thread count now (it sets the order of float
+    sums) and the CPU model (its instruction set picks the kernels)."""
+    import torch
+
+    return {**versions(), "torch_threads": torch.get_num_threads(), "cpu": cpu_model()}
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

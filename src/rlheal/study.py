@@ -18,7 +18,7 @@ from typing import Any
 
 from rlheal.atomic import write_text
 from rlheal.config import StudyConfig
-from rlheal.provenance import versions
+from rlheal.provenance import environment
 from rlheal.store import Store
 
 STUDY_FILE = "study.json"
@@ -70,7 +70,7 @@ def claim_run_folder(root: Path, cfg: StudyConfig) -> Run:
                 f"rerun with the config saved in {marker}.")
     else:
         write_text(marker, json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.model_dump(mode="json"),
-                                       "versions": versions()}, indent=2))
+                                       "versions": environment()}, indent=2))
     return Run(root)
 
 

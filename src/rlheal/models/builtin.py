@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlheal.models.checkpoint import CheckpointError, Manifest, check_checkpoint, read_manifest, save_model
-from rlheal.models.pretrain import PretrainSpec, pack_documents, pretrain
+from rlheal.models.pretrain import PRETRAIN_THREADS, PretrainSpec, pack_documents, pretrain
 from rlheal.models.tokenizer import TOKENIZER_SPEC, char_tokenizer
 from rlheal.models.world import WORLD_VERSION, WorldSpec, generate_corpus
 from rlheal.provenance import stable_hash
@@ -135,6 +135,7 @@ def build_base(recipe: BuiltinRecipe, folder: Path, progress: bool = True) -> Pa
         "first_loss": losses[0],
         "final_loss": sum(losses[-10:]) / len(losses[-10:]),
         "wall_s": round(time.perf_counter() - started, 1),
+        "torch_threads": PRETRAIN_THREADS,
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
     manifest = Manifest(stage="base", step=recipe.train.steps, seed=recipe.seed, config_hash=recipe.hash(),

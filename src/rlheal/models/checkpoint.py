@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rlheal.atomic import staged_dir, write_text
-from rlheal.provenance import versions
+from rlheal.provenance import environment
 
 MANIFEST = "rlheal_manifest.json"
 _STEP_RE = re.compile(r"(?:checkpoint|step|global_step)[-_]?(\d+)$")
@@ -34,7 +34,7 @@ class Manifest:
     seed: int | None = None
     config_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=versions)
+    versions: dict[str, Any] = field(default_factory=environment)
 
     @property
     def label(self) -> str:

@@ -4,18 +4,26 @@ Documents (lists of chat messages) are rendered with the tokenizer's chat templa
 with the bos token, exactly as prompts are rendered at inference), concatenated and cut into blocks of
 `seq_len` tokens (the last partial block is dropped). Blocks are visited in a seeded order that is
 reshuffled every epoch; AdamW with linear warmup and cosine decay to 10 % of the peak rate; gradient
-clipping at 1. Same documents + spec + seed -> the same weights on CPU.
+clipping at 1. Same documents + spec + seed -> the same weights on CPU kernels of one kind: pretraining
+always runs at `PRETRAIN_THREADS` torch threads, whatever the machine's core count or `OMP_NUM_THREADS`,
+because the thread count changes the order of float sums and 3000 steps grow last-bit differences into a
+different model (docs/BUILTIN_MODEL.md).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Messages = list[dict[str, str]]
+
+# torch's CPU thread count while pretraining. 2 is what every base of docs/RESULTS.md since session 9 was built
+# at (torch's default on the 2-core development machine); changing it changes every base's weights.
+PRETRAIN_THREADS = 2
 
 
 class PretrainSpec(BaseModel):
@@ -69,7 +77,26 @@ def batch_order(n_blocks: int, spec: PretrainSpec, seed: int) -> list[list[int]]
 
 def pretrain(model, blocks: list[list[int]], spec: PretrainSpec, seed: int, progress: bool = True,
              on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train `model` in place on `blocks`; returns the loss of every step (also passed to `on_step`)."""
+    """Train `model` in place on `blocks` at `PRETRAIN_THREADS` torch threads (restored afterwards); returns
+    the loss of every step (also passed to `on_step`)."""
+    with _torch_threads(PRETRAIN_THREADS):
+        return _pretrain(model, blocks, spec, seed, progress, on_step)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pretrain(model, blocks: list[list[int]], spec: PretrainSpec, seed: int, progress: bool,
+              on_step: Callable[[int, float], None] | None) -> list[float]:
     import torch
 
     torch.manual_seed(seed)
