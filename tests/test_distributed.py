@@ -113,9 +113,11 @@ def test_two_processes_equal_one(tmp_path, make_tiny_checkpoint, echo_task):
     single = evaluate(Store(tmp_path / "run1"), [a, b], [echo_task], ("id", "ood"), show_progress=False,
                       **EVAL_KWARGS)
     assert len(single) == 4
-    assert _without(result["evals"], "created") == _without(single, "created")
+    # `versions` records each process's torch threads: the workers ran at OMP_NUM_THREADS=1, this one may not
+    assert [r["versions"]["torch_threads"] for r in result["evals"]] == [1] * 4
+    assert _without(result["evals"], "created", "versions") == _without(single, "created", "versions")
     stored = Store(tmp_path / "run2").rows(EVALS)
-    assert _without(stored, "created") == _without(single, "created")  # rank 0 wrote the store
+    assert _without(stored, "created", "versions") == _without(single, "created", "versions")  # rank 0 wrote it
 
     spec, sigma = run_spectrum([(a, b)], KS, MODULES, method="gram64", device="cpu",
                                cache=DecompositionCache(tmp_path / "cache1"), progress=False)
