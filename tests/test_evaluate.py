@@ -106,6 +106,7 @@ def test_always_right_or_always_wrong(store, two_checkpoints, echo_task, script,
         assert row["eval_set"] == "seed2-n40-a3-compact" and row["seed"] == 2
         assert row["decoding"] == Decoding().as_dict() and "torch" in row["versions"]
         assert row["versions"]["torch_threads"] == torch.get_num_threads() and row["versions"]["cpu"]
+        assert row["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert store.rows(EVALS) == rows
 
 

@@ -27,10 +27,11 @@ def versions() -> dict[str, str]:
 
 def environment() -> dict[str, Any]:
     """`versions()` plus what else changes CPU numbers: torch's thread count now (it sets the order of float
-    sums) and the CPU model (its instruction set picks the kernels)."""
+    sums), the CPU model and the instruction set torch picks its kernels for (e.g. AVX512, AVX2)."""
     import torch
 
-    return {**versions(), "torch_threads": torch.get_num_threads(), "cpu": cpu_model()}
+    return {**versions(), "torch_threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 @cache
