@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Messages = list[dict[str, str]]
 
-# torch's CPU thread count while pretraining. 2 is what every base of docs/RESULTS.md since session 9 was built
-# at (torch's default on the 2-core development machine); changing it changes every base's weights.
+# torch's CPU thread count while pretraining: torch's default on the 2-core development machine, at which the
+# `builtin:det` base of docs/RESULTS.md §20-§25 was built (rebuilt bit for bit in §25). Changing it changes
+# every base's weights.
 PRETRAIN_THREADS = 2
 
 
