@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from rlheal.cli import app
 from rlheal.evaluate import EVALS
+from rlheal.report.seed_figures import findings_figure
 from rlheal.report.seeds import held_out_declines, layer_spectra, pool, seed_findings, seed_interval
 from rlheal.spectral.metrics import SPECTRAL
 from rlheal.store import Store
@@ -144,5 +145,32 @@ def test_compare_command_prints_and_writes_the_tables(tmp_path, runs):
     one = CliRunner().invoke(app, ["compare", str(folders[0])])  # one run: no spread over seeds, no leave-one-out
     assert one.exit_code == 0, one.output
     assert "+16.0 [–, –] points" in one.output and "(leave-one-out): – points" in one.output
+    with_figures = CliRunner().invoke(app, ["compare", *map(str, folders), "--out", str(out), "--figures",
+                                            str(tmp_path / "figs")])
+    assert with_figures.exit_code == 0, with_figures.output
+    assert (tmp_path / "figs" / "findings-gp24.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![gp24: the four findings over 3 run(s)](figs/findings-gp24.png)" in out.read_text()
     missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "holds no results store" in missing.output
+
+
+def _bar_heights(ax):
+    return [patch.get_height() for patch in ax.patches]
+
+
+def test_findings_figure_draws_the_pooled_numbers(runs):
+    f = seed_findings(runs, "gp24")
+    fig = findings_figure(f, {0: (0.02, 6.0, 3), 1: (0.01, 2.5, 3)}, "k=0.2")
+    sft, rl, spectra, edits, angles = fig.axes  # the spectra panel's angle axis is a twin, added last
+    lines = {line.get_label(): line for line in sft.lines}
+    # pooled over the fixture's 3 runs: OOD 1, 54, 49, 12 and ID 0, 91, 151, 210 solved of 300
+    assert list(lines["OOD, pooled over 3 run(s)"].get_ydata()) == pytest.approx([100 / 300, 18.0, 4900 / 300, 4.0])
+    assert list(lines["ID, pooled over 3 run(s)"].get_ydata()) == pytest.approx([0.0, 9100 / 300, 15100 / 300, 70.0])
+    each_run = [list(line.get_ydata()) for line in sft.lines if line.get_gid() == "each-run"]
+    assert each_run == [pytest.approx(run) for run in ([0, 20, 14, 4], [0, 16, 20, 6], [1, 18, 15, 2])]
+    assert lines["pooled OOD peak (step 10)"].get_xdata()[0] == 10
+    # RL: start 20 (run a: 14 -> 15) and start 40 (12 -> 31 of 300), before then after
+    assert _bar_heights(rl) == pytest.approx([14.0, 400 / 100, 15.0, 3100 / 300])
+    assert _bar_heights(spectra) == pytest.approx([2.0, 1.0]) and _bar_heights(angles) == pytest.approx([6.0, 2.5])
+    # edits: none (the end, 12/300), the OOD peak (54/300), vectors (27/300)
+    assert _bar_heights(edits) == pytest.approx([4.0, 18.0, 9.0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from functools import cache
 from importlib import metadata
@@ -25,13 +26,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+# Variables that choose the CPU kernels of MKL, ATen and oneDNN, and so the last bits of float results.
+CPU_KERNEL_VARIABLES = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def environment() -> dict[str, Any]:
     """`versions()` plus what else changes CPU numbers: torch's thread count now (it sets the order of float
-    sums), the CPU model and the instruction set torch picks its kernels for (e.g. AVX512, AVX2)."""
+    sums), the CPU model, the instruction set torch picks its kernels for (e.g. AVX512, AVX2) and those of
+    `CPU_KERNEL_VARIABLES` that are set (`cpu_env`)."""
     import torch
 
     return {**versions(), "torch_threads": torch.get_num_threads(), "cpu": cpu_model(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_env": {name: os.environ[name] for name in CPU_KERNEL_VARIABLES if name in os.environ}}
 
 
 @cache

@@ -64,6 +64,8 @@ def compare(
     runs: Annotated[list[Path], typer.Argument(help="run folders of one study config that differ only in --seed")],
     task: Annotated[list[str] | None, typer.Option("--task", help="task(s) to report (default: all evaluated)")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="also write the Markdown to this file")] = None,
+    figures: Annotated[Path | None, typer.Option("--figures", help="also write one PNG per task (the four "
+                                                 "findings) into this folder, linked from the Markdown")] = None,
 ) -> None:
     """The paper's findings pooled over several runs (episodes pooled, spread over seeds), as Markdown."""
     from rlheal.atomic import write_text
@@ -71,7 +73,7 @@ def compare(
     from rlheal.store import StoreError
 
     try:
-        markdown = compare_markdown(runs, task)
+        markdown = compare_markdown(runs, task, figures=figures, links_from=out.parent if out else Path.cwd())
     except (StoreError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

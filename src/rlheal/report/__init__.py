@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,15 +17,6 @@ from rlheal.store import Store, StoreError
 
 REPORT_HTML = "report.html"
 FIGURE_DIR = "report"
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def spectral_sentences(spectral: list[dict[str, Any]], steps: dict[str, int], labels: dict[str, str],
@@ -73,7 +63,7 @@ def build_report(run: str | Path) -> Path:
     pngs: dict[str, bytes] = {}
 
     def figure(name: str, fig) -> bytes:
-        pngs[name] = _png(fig)
+        pngs[name] = figures.to_png(fig)
         return pngs[name]
 
     sections = [

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from rlheal.atomic import write_bytes
 from rlheal.report.seeds import Pooled, SeedFindings, layer_spectra, seed_findings, seed_interval
 from rlheal.store import Store, StoreError
 
@@ -86,9 +88,12 @@ def spectral_table(layers: dict[int, tuple[float, float, int]], k_label: str) ->
     return lines
 
 
-def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | None = None) -> str:
-    """The findings of several run folders (seeds of one config) as Markdown. Raises StoreError for a folder
-    without a store, ValueError when the runs cannot be pooled (different eval sets, no SFT rows)."""
+def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | None = None,
+                     figures: str | Path | None = None, links_from: str | Path = ".") -> str:
+    """The findings of several run folders (seeds of one config) as Markdown. With `figures`, also writes
+    `figures/findings-<task>.png` per task (`seed_figures.findings_figure`) and links it, relative to the
+    folder `links_from` (where the Markdown will live). Raises StoreError for a folder without a store,
+    ValueError when the runs cannot be pooled (different eval sets, no SFT rows)."""
     from rlheal.evaluate import EVALS
     from rlheal.spectral.metrics import SPECTRAL
 
@@ -100,12 +105,26 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
             runs.append((store.rows(EVALS), store.rows(SPECTRAL)))
     tasks = tasks or sorted({r["task"] for evals, _ in runs for r in evals})
     found = [seed_findings([evals for evals, _ in runs], task) for task in tasks]
+    k_labels = sorted({r["k_label"] for _, spectral in runs for r in spectral})
+    layers = layer_spectra(runs, k_labels[0]) if k_labels else {}
     out = [f"Runs: {', '.join(str(f) for f in run_folders)}", ""]
     for f in found:
         out += [f"## {f.task}", "", *sft_table(f), "", *target_lines(f), ""]
-    k_labels = sorted({r["k_label"] for _, spectral in runs for r in spectral})
+        if figures is not None:
+            out += [_write_figure(f, layers, k_labels[0] if k_labels else "no spectra", Path(figures), Path(links_from)), ""]
     if k_labels:
-        out += [*spectral_table(layer_spectra(runs, k_labels[0]), k_labels[0]), ""]
+        out += [*spectral_table(layers, k_labels[0]), ""]
     for f in found:
         out += [*edit_lines(f), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _write_figure(f: SeedFindings, layers: dict[int, tuple[float, float, int]], k_label: str, folder: Path,
+                  links_from: Path) -> str:
+    """Write one task's findings figure into `folder`; the Markdown image line that links it."""
+    from rlheal.report.figures import to_png
+    from rlheal.report.seed_figures import findings_figure
+
+    path = folder / f"findings-{f.task}.png"
+    write_bytes(path, to_png(findings_figure(f, layers, k_label)))
+    return f"![{f.task}: the four findings over {f.runs} run(s)]({Path(os.path.relpath(path, links_from)).as_posix()})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,14 @@ from rlheal.report.findings import EditResult, RlStart, SftCurve  # noqa: E402
 
 Row = dict[str, Any]
 SPLIT_COLORS = {"id": "#1f77b4", "ood": "#d62728"}
+
+
+def to_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (110 dpi); closes it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _pct(values) -> np.ndarray:
