@@ -39,7 +39,7 @@ def _sft_panel(ax: Axes, f: SeedFindings) -> None:
     ood = f.sft["ood"]
     if all(len(p.per_run) == f.runs for p in ood.values()):  # each run at every step: per_run is in run order
         for i, run in enumerate(zip(*(p.per_run for p in ood.values()), strict=True)):
-            ax.plot(list(ood), 100 * np.array(run), "-", color=SPLIT_COLORS["ood"], lw=0.6, alpha=0.45,
+            ax.plot(list(ood), 100 * np.array(run), "--", color="#ff9896", lw=1.0,
                     label="OOD, each run" if i == 0 else None, gid="each-run")
     ax.axvline(f.peak_step, color="grey", ls=":", lw=1.2, label=f"pooled OOD peak (step {f.peak_step})")
     ax.set_xscale("symlog", linthresh=10)
