@@ -106,14 +106,15 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
     tasks = tasks or sorted({r["task"] for evals, _ in runs for r in evals})
     found = [seed_findings([evals for evals, _ in runs], task) for task in tasks]
     k_labels = sorted({r["k_label"] for _, spectral in runs for r in spectral})
-    layers = layer_spectra(runs, k_labels[0]) if k_labels else {}
+    k_label = k_labels[0] if k_labels else None
+    layers = layer_spectra(runs, k_label) if k_label else {}
     out = [f"Runs: {', '.join(str(f) for f in run_folders)}", ""]
     for f in found:
         out += [f"## {f.task}", "", *sft_table(f), "", *target_lines(f), ""]
         if figures is not None:
-            out += [_write_figure(f, layers, k_labels[0] if k_labels else "no spectra", Path(figures), Path(links_from)), ""]
-    if k_labels:
-        out += [*spectral_table(layers, k_labels[0]), ""]
+            out += [_write_figure(f, layers, k_label or "no spectra", Path(figures), Path(links_from)), ""]
+    if k_label:
+        out += [*spectral_table(layers, k_label), ""]
     for f in found:
         out += [*edit_lines(f), ""]
     return "\n".join(out).rstrip() + "\n"
