@@ -82,10 +82,12 @@ class EchoTask(Task):
     name = "echo"
     default_max_attempts = 3
 
-    def problem(self, split: str, seed: int, index: int) -> Problem:
+    def draw(self, rng: random.Random, split: str) -> dict:
         low, high = (0, 999) if split == "id" else (1000, 9999)
-        number = random.Random(f"{split}/{seed}/{index}").randint(low, high)
-        return Problem(self.name, split, seed, index, {"number": number})
+        return {"number": rng.randint(low, high)}
+
+    def holdout_key(self, data: dict) -> str:
+        return f"echo:{data['number']}"
 
     def prompt(self, problem: Problem) -> str:
         return f"Repeat the number {problem.data['number']}."

@@ -58,15 +58,6 @@ def test_recipe_hash_tracks_every_field():
     assert with_det_work.hash() != base
 
 
-def test_recipes_from_before_det_work_keep_their_hashes():
-    """n_det_work = 0 is left out of the dump: the cached bases and the studies built on them stay valid."""
-    from rlheal.models.builtin import DEFAULT_RECIPE, LONG_RECIPE, XL_RECIPE
-
-    assert "n_det_work" not in LONG_RECIPE.world.model_dump()
-    assert [DEFAULT_RECIPE.hash(), LONG_RECIPE.hash(), XL_RECIPE.hash()] == ["d53a6f04cc87", "6a3cd9c5e217",
-                                                                             "ce2e583f586d"]
-
-
 def test_base_command_names_the_valid_recipes_for_an_unknown_one():
     from typer.testing import CliRunner
 
@@ -167,6 +158,6 @@ def test_builtin_model_names_resolve_to_recipes(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{}")  # damaged on purpose: resolving reports it, never rebuilds it
     with pytest.raises(CheckpointError, match=f"base-{TINY_RECIPE.hash()}"):
         resolve_model("builtin:tiny", progress=False)
-    valid = "valid: builtin, builtin:tiny, builtin:long, builtin:xl, builtin:det"
+    valid = "valid: builtin:det, builtin:gp24, builtin:tiny"
     with pytest.raises(ValueError, match=f"unknown built-in model 'builtin:huge'; {valid}"):
         resolve_model("builtin:huge", progress=False)

@@ -114,7 +114,7 @@ def test_the_trl_example_runs(tmp_path, make_tiny_checkpoint):
         evals = store.rows(EVALS)
         spectral = store.rows(SPECTRAL)
     assert sorted({Path(r["checkpoint"]).name for r in evals}) == ["checkpoint-1", "checkpoint-2", "tiny"]
-    assert {(r["task"], r["eval_set"]) for r in evals} == {("gp24", "seed0-n1-a5-paper-greedy-m2")}
+    assert {(r["task"], r["eval_set"]) for r in evals} == {("gp24", "heldout-seed0-n1-a5-paper-greedy-m2")}
     assert {r["stage"] for r in evals if "checkpoint-" in r["checkpoint"]} == {"external"}
     assert sorted({Path(r["target"]).name for r in spectral}) == ["checkpoint-1", "checkpoint-2"]
     assert "results in" in done.stdout

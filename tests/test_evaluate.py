@@ -72,7 +72,7 @@ def test_summarize_hand_counted(echo_task):
     low, high = wilson_interval(2, 3)
     assert got == {
         "n_episodes": 3, "n_solved": 2, "success_rate": 2 / 3, "ci_low": low, "ci_high": high,
-        "format_error_rate": 4 / 7, "mean_attempts": 7 / 3, "first_attempt_acc": 1 / 3,
+        "format_error_rate": 4 / 7, "mean_attempts": 7 / 3, "first_attempt_acc": 1 / 3, "solved_at": [1, 3, 0],
     }
 
 
@@ -81,9 +81,9 @@ def test_eval_set_is_frozen_and_apart_from_training_seeds(echo_task):
     assert a == eval_problems(echo_task, "ood", seed=1, episodes=5)
     assert [p.seed for p in a] == [EVAL_SEED_OFFSET + 1] * 5 and [p.index for p in a] == list(range(5))
     assert eval_set_id(seed=0, episodes=500, max_attempts=5, profile="compact", decoding=Decoding()) == \
-        "seed0-n500-a5-compact"
+        "heldout-seed0-n500-a5-compact"
     assert eval_set_id(seed=0, episodes=500, max_attempts=5, profile="paper",
-                       decoding=Decoding(temperature=0.2)) == "seed0-n500-a5-paper-t0.2-p1-m256-s0"
+                       decoding=Decoding(temperature=0.2)) == "heldout-seed0-n500-a5-paper-t0.2-p1-m256-s0"
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_always_right_or_always_wrong(store, two_checkpoints, echo_task, script,
             (first, attempts, format_errors)
         assert (row["stage"], row["step"], row["label"]) == ("sft", 10, "sft-10")
         assert row["checkpoint"] == str(two_checkpoints[0].resolve())
-        assert row["eval_set"] == "seed2-n40-a3-compact" and row["seed"] == 2
+        assert row["eval_set"] == "heldout-seed2-n40-a3-compact" and row["seed"] == 2
         assert row["decoding"] == Decoding().as_dict() and "torch" in row["versions"]
         assert row["versions"]["torch_threads"] == torch.get_num_threads() and row["versions"]["cpu"]
         assert row["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
@@ -142,7 +142,7 @@ def test_a_new_eval_set_is_a_new_combination(store, two_checkpoints, echo_task):
     for episodes in (5, 6, 5):
         evaluate(store, two_checkpoints[:1], [echo_task], ["id"], episodes=episodes, load_backend=loader,
                  show_progress=False)
-    assert sorted(r["eval_set"] for r in store.rows(EVALS)) == ["seed0-n5-a3-compact", "seed0-n6-a3-compact"]
+    assert sorted(r["eval_set"] for r in store.rows(EVALS)) == ["heldout-seed0-n5-a3-compact", "heldout-seed0-n6-a3-compact"]
     assert loader.chats == 11
 
 
@@ -161,14 +161,15 @@ def test_invalid_settings_name_the_setting(store, two_checkpoints, kwargs, match
 def test_ood_peak_is_the_best_sft_ood_row_earliest_on_ties(store):
     assert ood_peak(store, "gp24") is None
     base = {"task": "gp24", "eval_set": "e", "label": "x"}
-    rows = [
-        {"checkpoint": "a", "stage": "sft", "step": 30, "split": "ood", "success_rate": 0.4},
-        {"checkpoint": "b", "stage": "sft", "step": 20, "split": "ood", "success_rate": 0.4},
-        {"checkpoint": "c", "stage": "sft", "step": 40, "split": "id", "success_rate": 0.9},
-        {"checkpoint": "d", "stage": "rl", "step": 5, "split": "ood", "success_rate": 0.8},
-        {"checkpoint": "e", "stage": "sft", "step": 10, "split": "ood", "success_rate": 0.1},
+    rows = [  # the peak is chosen on the selection half (even positions of solved_at)
+        {"checkpoint": "a", "stage": "sft", "step": 30, "split": "ood", "success_rate": 0.5, "solved_at": [1, 0, 1, 0]},
+        {"checkpoint": "b", "stage": "sft", "step": 20, "split": "ood", "success_rate": 0.5, "solved_at": [1, 0, 2, 0]},
+        {"checkpoint": "c", "stage": "sft", "step": 40, "split": "id", "success_rate": 1.0, "solved_at": [1, 1, 1, 1]},
+        {"checkpoint": "d", "stage": "rl", "step": 5, "split": "ood", "success_rate": 1.0, "solved_at": [1, 1, 1, 1]},
+        {"checkpoint": "e", "stage": "sft", "step": 10, "split": "ood", "success_rate": 0.75, "solved_at": [0, 1, 1, 1]},
     ]
     store.put(EVALS, [base | r for r in rows])
+    # e has the highest success over all problems, but a and b are better on the selection half: b is earlier
     assert Path(ood_peak(store, "gp24")["checkpoint"]).name == "b"  # paths come back absolute
     store.put(EVALS, [base | rows[0] | {"eval_set": "other"}])
     with pytest.raises(ValueError, match="several eval sets"):
@@ -199,7 +200,7 @@ def test_sampled_evaluation_is_reproducible_by_seed(tmp_path, two_checkpoints):
                             decoding=Decoding(temperature=1.0, max_new_tokens=6, seed=seed), show_progress=False)
 
     a, b = run("a", 3), run("b", 3)
-    assert [r["eval_set"] for r in a] == ["seed3-n4-a2-compact-t1-p1-m6-s3"]
+    assert [r["eval_set"] for r in a] == ["heldout-seed3-n4-a2-compact-t1-p1-m6-s3"]
     assert {k: v for k, v in a[0].items() if k != "created"} == {k: v for k, v in b[0].items() if k != "created"}
 
 
@@ -309,7 +310,7 @@ def test_cli_eval_and_results_on_a_folder_of_trainer_checkpoints(trainer_output)
     assert [(r["stage"], r["step"], r["task"], r["split"]) for r in rows] == [
         ("external", 10, "det", "id"), ("external", 10, "det", "ood"),
         ("external", 20, "det", "id"), ("external", 20, "det", "ood")]
-    assert all(r["n_episodes"] == 3 and r["eval_set"] == "seed0-n3-a1-compact-greedy-m4" for r in rows)
+    assert all(r["n_episodes"] == 3 and r["eval_set"] == "heldout-seed0-n3-a1-compact-greedy-m4" for r in rows)
     with Store(trainer_output) as s:
         assert sorted(rows, key=lambda r: r["created"]) == sorted(s.rows(EVALS), key=lambda r: r["created"])
 

@@ -30,8 +30,11 @@ class DigitTask(Task):
     name = "digit"
     default_max_attempts = 2
 
-    def problem(self, split: str, seed: int, index: int) -> Problem:
-        return Problem(self.name, split, seed, index, {"index": index})
+    def draw(self, rng, split: str) -> dict:
+        return {"tag": rng.randrange(10**9)}
+
+    def holdout_key(self, data: dict) -> str:
+        return f"digit:{data['tag']}"
 
     def prompt(self, problem: Problem) -> str:
         return "Say a digit."
@@ -67,7 +70,7 @@ def first_token_prob(folder, chars: str) -> float:
     return float(sum(probs[tokenizer.convert_tokens_to_ids(c)] for c in chars))
 
 
-TOY = dict(task="digit", episodes_per_update=32, max_attempts=2, max_new_tokens=3, temperature=1.0, lr=1e-2,
+TOY = dict(task="digit", value_warmup=0, episodes_per_update=32, max_attempts=2, max_new_tokens=3, temperature=1.0, lr=1e-2,
            minibatch_size=16, epochs=4, seed=0)
 
 
@@ -80,7 +83,7 @@ def test_config_rejects_invalid_values_naming_the_field():
         PPOConfig(clip=0)
     with pytest.raises(ValidationError, match="episodes_per_update"):
         PPOConfig(episodes_per_update=0)
-    with pytest.raises(ValidationError, match="kl_coef > 0 needs track_kl"):
+    with pytest.raises(ValidationError, match="kl_coef, kl_target and kl_stop need track_kl"):
         PPOConfig(kl_coef=0.1, track_kl=False)
     with pytest.raises(ValidationError, match="extra"):
         PPOConfig(gama=0.9)
@@ -225,7 +228,7 @@ def test_sweep_trains_evaluates_and_resumes_each_start(tmp_path, make_tiny_check
                    eval_episodes=2, eval_decoding=Decoding(max_new_tokens=3), task=DigitTask(),
                    show_progress=False)
     summary = run_sweep(tmp_path / "sft", tmp_path, steps=[40], **options)
-    assert [(r["start_step"], r["algo"], r["rl_step"]) for r in summary] == [(40, "ppo", 1)]
+    assert [(r["start_step"], r["arm"], r["rl_step"]) for r in summary] == [(40, "ppo", 1)]
     assert all(r[k] is not None for r in summary for k in ("id_before", "id_after", "ood_before", "ood_after"))
     done = rl_folder(tmp_path, starts[0], "ppo") / "step-000001"
     stamp = done.stat().st_mtime_ns
@@ -246,7 +249,7 @@ def test_sweep_evaluates_with_its_own_attempt_limit_when_given(tmp_path, make_ti
               eval_decoding=Decoding(max_new_tokens=3), eval_max_attempts=1, task=DigitTask(), show_progress=False)
     with Store(tmp_path) as store:
         rows = store.rows(EVALS)
-    assert rows and {r["eval_set"].split("-")[2] for r in rows} == {"a1"}  # the study's limit, not RL's 2
+    assert rows and {r["eval_set"].split("-")[3] for r in rows} == {"a1"}  # the study's limit, not RL's 2
     assert all(r["mean_attempts"] == 1 for r in rows)
 
 

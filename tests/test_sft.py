@@ -164,4 +164,4 @@ def test_quick_config_is_valid():
     from pathlib import Path
 
     cfg = load_sft_config(Path(__file__).parents[1] / "configs" / "sft-quick.yaml")
-    assert cfg.model == "builtin" and cfg.checkpoint_steps()[:3] == [0, 2, 3] and cfg.checkpoint_steps()[-1] == 300
+    assert cfg.model == "builtin:det" and cfg.checkpoint_steps()[:3] == [0, 2, 3] and cfg.checkpoint_steps()[-1] == 300

@@ -69,7 +69,9 @@ def test_every_stage_leaves_its_rows_and_the_report(quick_run):
     assert all(r["n_episodes"] == cfg.eval.episodes for r in evals)
     assert {r["split"] for r in losses} == {"id", "ood"} and len(losses) == 2 * len(sft_steps)
     starts = {r["start"] for r in updates}
-    assert 1 <= len(starts) <= 2 and len(updates) == 2 * len(starts)
+    # every start trains the PPO arm and its shuffled-reward control arm, 2 updates each
+    assert 1 <= len(starts) and {r["algo"] for r in updates} == {"ppo", "ppo-control"}
+    assert len(updates) == 2 * 2 * len(starts) and {len({r["update"] for r in updates})} == {2}
     assert any(r["stage"] == "rl" for r in evals)
     edit_labels = {r["label"] for r in evals if r["stage"] == "edit"}
     peak_is_last = not edit_labels
@@ -114,7 +116,7 @@ def test_one_attempt_study_keeps_to_its_eval_set(cache, tmp_path):
     run_study(cfg, out, progress=False)
     with Store(out) as store:
         rows = store.rows(EVALS)
-        assert {r["eval_set"].split("-")[2] for r in rows} == {"a1"}
+        assert {r["eval_set"].split("-")[3] for r in rows} == {"a1"}
         assert {r["stage"] for r in rows} >= {"sft", "rl"}
         foreign = [{**r, "eval_set": "seed0-n12-a9-compact", "success_rate": 1.0}
                    for r in store.rows(EVALS, stage="sft", split="ood")]

@@ -7,9 +7,9 @@ import yaml
 
 from rlheal.config import ConfigError, StudyConfig, default_yaml, load_config, parse_config
 from rlheal.study import StudyError, choose_rl_starts, claim_run_folder, decline_start
-from rlheal.train.ppo import PPOConfig
 
 CONFIGS = Path(__file__).parent.parent / "configs"
+FINGERPRINT = "330edf248187"  # the default study's; pinned on purpose
 
 
 def test_every_problem_is_listed_with_its_field():
@@ -43,28 +43,11 @@ def test_seed_override_reaches_every_section_of_the_default_and_of_a_file(tmp_pa
     assert (cfg.seed, cfg.sft.seed, cfg.rl.ppo.seed) == (4, 7, 4)  # a section's own seed still wins
 
 
-def test_the_xl_config_is_the_default_study_on_the_xl_base():
-    xl = load_config(CONFIGS / "xl.yaml", seed=1)
-    assert (xl.model, xl.sft.model) == ("builtin:xl", "builtin:xl")
-    assert xl == load_config(None, seed=1, overrides={"model": "builtin:xl"})
+def test_the_sft_quick_config_is_an_sft_section_of_the_default_study():
+    from rlheal.train.sft import load_sft_config
 
-
-def test_the_det_config_is_the_default_study_on_det_with_room_for_a_3x3_working():
-    det = load_config(CONFIGS / "det.yaml", seed=1)
-    longest = {"model": "builtin:det", "tasks": ["det"], "eval.max_new_tokens": 144,
-               "rl.ppo.max_new_tokens": 144, "rl.grpo.max_new_tokens": 144}
-    assert det == load_config(None, seed=1, overrides=longest)
-
-
-def test_the_det_heal_config_is_the_det_study_with_the_commands_of_results_22():
-    heal = load_config(CONFIGS / "det-heal.yaml", seed=2)
-    commands = {"sft.lr": 1e-4, "rl.starts": "decline", "rl.ppo.updates": 400, "rl.ppo.save_every": 50,
-                "rl.ppo.max_attempts": 1, "rl.ppo.lr": 1e-5, "rl.ppo.episodes_per_update": 64}
-    assert heal == load_config(CONFIGS / "det.yaml", seed=2, overrides=commands)
-    # §22's `rlheal rl` commands ran at PPOConfig's own lr and batch, not the short default study's
-    rl_command = PPOConfig(task="det", updates=400, save_every=50, max_new_tokens=144, max_attempts=1, seed=2)
-    assert heal.rl.settings("det") == rl_command.model_dump()
-    assert heal.rl.decline_points == 5.0
+    quick = load_sft_config(CONFIGS / "sft-quick.yaml")
+    assert (quick.model, quick.tasks, quick.lr) == ("builtin:det", ["det"], StudyConfig().sft.lr)
 
 
 def test_dotted_overrides_replace_fields_of_a_file_and_of_the_default(tmp_path):
@@ -129,14 +112,14 @@ def test_fingerprint_changes_with_results_relevant_fields():
 
 
 def test_rl_task_options_are_checked_against_every_task_and_change_the_fingerprint_only_when_set():
-    hard = load_config(overrides={"rl.ppo.task_options": {"id_max_rank": 9}})
+    hard = load_config(overrides={"tasks": ["gp24"], "rl.ppo.task_options": {"id_max_rank": 9}})
     assert hard.rl.settings("gp24")["task_options"] == {"id_max_rank": 9}
     assert hard.fingerprint() != StudyConfig().fingerprint()
     assert "task_options" not in StudyConfig().model_dump()["rl"]["ppo"]  # older run folders keep their fingerprint
     with pytest.raises(ConfigError, match="task_options do not fit task 'rank'.*unknown option"):
         load_config(overrides={"tasks": ["gp24", "rank"], "rl.ppo.task_options": {"id_max_rank": 9}})
     with pytest.raises(ConfigError, match="id_max_rank must be a card rank"):
-        load_config(overrides={"rl.ppo.task_options": {"id_max_rank": 20}})
+        load_config(overrides={"tasks": ["gp24"], "rl.ppo.task_options": {"id_max_rank": 20}})
 
 
 def test_run_folder_of_another_config_is_refused(tmp_path):
@@ -146,11 +129,16 @@ def test_run_folder_of_another_config_is_refused(tmp_path):
         claim_run_folder(tmp_path, parse_config({"sft": {"lr": 1e-3}}))
 
 
+def _outcomes(rate: float) -> list[int]:
+    """200 problems whose selection half (even positions) and test half each solve `rate` of their 100."""
+    return [int(i // 2 < round(100 * rate)) for i in range(200)]
+
+
 def _rows(ood, idr):
     rows = []
     for step, (o, i) in enumerate(zip(ood, idr, strict=True)):
-        rows.append({"step": step * 10, "split": "ood", "success_rate": o})
-        rows.append({"step": step * 10, "split": "id", "success_rate": i})
+        rows.append({"step": step * 10, "split": "ood", "success_rate": o, "solved_at": _outcomes(o)})
+        rows.append({"step": step * 10, "split": "id", "success_rate": i, "solved_at": _outcomes(i)})
     return rows
 
 
@@ -199,9 +187,21 @@ def test_decline_starts_in_a_config():
 
 def test_the_config_schema_keeps_old_run_folders_resumable():
     # A field added to the config changes every fingerprint, and `rlheal study` then refuses to resume run
-    # folders made before it (the det one made RESULTS.md §21-§22 seed 0's run folder). Change them only on purpose.
-    assert StudyConfig().fingerprint() == "06d45c7642ac"
-    assert load_config(CONFIGS / "det.yaml", seed=0, overrides={"sft.lr": 1e-4}).fingerprint() == "d49b86aca04b"
+    # folders made before it (the default study's seeds in docs/RESULTS.md). Change it only on purpose.
+    assert StudyConfig().fingerprint() == FINGERPRINT
+
+
+def test_window_starts_take_the_peak_the_decline_its_middle_and_the_end():
+    from rlheal.study import window_starts
+
+    #          step: 0     10    20    30    40    50    60
+    ood = [0.30, 0.36, 0.40, 0.33, 0.25, 0.18, 0.10]
+    rows = _rows(ood, [1.0] * len(ood))
+    # before the peak (10), the peak (20), 5 points below it (30), at or below (40 + 10) / 2 = 25 % (40), the end
+    assert window_starts(rows) == [10, 20, 30, 40, 60]
+    at_base = _rows([0.40, 0.38, 0.30, 0.10], [1.0] * 4)
+    assert window_starts(at_base) == [20, 30]  # the peak is the base: never a start; 5 points below and middle: 20
+    assert window_starts([]) == []
 
 
 def test_study_decline_starts_pick_the_decline_and_the_end(tmp_path, caplog):
@@ -212,16 +212,20 @@ def test_study_decline_starts_pick_the_decline_and_the_end(tmp_path, caplog):
     folders = {step: tmp_path / f"step-{step}" for step in (0, 10, 20, 30)}
     study = Study(parse_config({"tasks": ["det"], "rl": {"starts": "decline"}}), tmp_path / "run", progress=False)
     assert study.rl_starts("det", rows, folders) == [folders[20], folders[30]]
-    flat = [{**r, "success_rate": 0.14} if r["split"] == "ood" else r for r in rows]
+    flat = [{**r, "success_rate": 0.14, "solved_at": _outcomes(0.14)} if r["split"] == "ood" else r for r in rows]
     assert study.rl_starts("det", flat, folders) == [folders[30]]  # no decline: the end only, with a warning
     assert "fell 5 points below the peak" in caplog.text
 
 
 def test_study_defaults_apply_with_and_without_a_section():
-    for cfg in (parse_config({}), parse_config({"sft": {"lr": 1e-3}, "rl": {"ppo": {"epochs": 2}}}), StudyConfig()):
-        assert (cfg.sft.steps, cfg.sft.schedule, cfg.sft.model, cfg.rl.ppo.updates) == (2000, "log:12", "builtin:long", 6)
+    for cfg in (parse_config({}), parse_config({"rl": {"ppo": {"epochs": 2}}}), StudyConfig()):
+        assert (cfg.sft.steps, cfg.sft.schedule, cfg.sft.model, cfg.sft.lr) == (2000, "log:12", "builtin:det", 1e-4)
+        assert (cfg.rl.ppo.updates, cfg.rl.ppo.kl_target, cfg.rl.starts, cfg.rl.control) == (100, 2.0, "window", True)
     assert parse_config({"rl": {"ppo": {"updates": 9}}}).rl.ppo.updates == 9
-    assert parse_config({"model": "builtin"}).sft.model == "builtin"  # the study's model wins over the default
+    assert parse_config({"model": "builtin:gp24"}).sft.model == "builtin:gp24"  # the study's model wins
+    assert parse_config({"rl": {"algo": "grpo"}}).rl.control is False  # the control arm is PPO's
+    with pytest.raises(ConfigError, match="control arm is built into PPO"):
+        parse_config({"rl": {"algo": "grpo", "control": True}})
 
 
 def test_auto_starts_skip_checkpoints_without_the_answer_format():

@@ -22,11 +22,14 @@ from rlheal.train.grpo import GRPOConfig
 from rlheal.train.ppo import PPOConfig
 from rlheal.train.sft import SFTConfig
 
-# Where the study's defaults differ from the section classes' own (sized for the built-in model on a CPU:
-# 2000 SFT steps are long enough for OOD success to peak and then decline, docs/RESULTS.md §7, §10, §15).
+# Where the study's defaults differ from the section classes' own: the built-in det study on a CPU (SFT at a
+# gentle learning rate for long enough that 3x3 success can decline; RL as pre-registered in docs/RESULTS.md:
+# revision on, a gentle learning rate, 100 updates under adaptive KL control, the same episodes for every start).
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sft": {"steps": 2000, "schedule": "log:12"},
-    "ppo": {"updates": 6, "episodes_per_update": 16, "lr": 1e-4, "max_new_tokens": 56, "save_every": 6},
+    "sft": {"steps": 2000, "schedule": "log:12", "lr": 1e-4},
+    "ppo": {"updates": 100, "episodes_per_update": 32, "rollout_batch_size": 32, "lr": 1e-5,
+            "max_new_tokens": 176, "save_every": 50, "kl_coef": 0.05, "kl_target": 2.0, "kl_stop": 20.0},
+    "grpo": {"max_new_tokens": 176},
 }
 
 
@@ -39,12 +42,14 @@ class _Section(BaseModel):
 
 
 class EvalSection(_Section):
-    episodes: int = Field(100, ge=1, description="episodes per (checkpoint, task, split) eval set")
+    episodes: int = Field(300, ge=1, description="distinct held-out problems per (checkpoint, task, split)")
     seed: int = Field(0, ge=0, description="eval-set seed (the frozen problems)")
     batch_size: int = Field(100, ge=1, description="chats per generate call")
-    max_new_tokens: int = Field(56, ge=1, description="longest attempt, in tokens (a gp24 compact answer is at most ~46)")
+    max_new_tokens: int = Field(176, ge=1, description="longest attempt, in tokens (a worked 3x3 determinant is at "
+                                "most ~160 characters, a gp24 compact answer ~46)")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
-    max_attempts: int | None = Field(None, ge=1, description="None = each task's default")
+    max_attempts: int | None = Field(1, ge=1, description="attempts per episode: 1 scores the first attempt; "
+                                     "None = each task's default (revision)")
 
 
 def _decline_points(rule: str) -> float:
@@ -57,32 +62,37 @@ def _decline_points(rule: str) -> float:
         except ValueError:
             pass
     if value is None or not 0.0 < value <= 100.0:
-        raise ValueError(f"unknown RL start rule {rule!r}: use auto, decline, decline:P with 0 < P <= 100 "
+        raise ValueError(f"unknown RL start rule {rule!r}: use auto, window, decline, decline:P with 0 < P <= 100 "
                          f"(percentage points below the OOD peak), or a list of SFT steps")
     return value
 
 
 class RLSection(_Section):
     algo: Literal["ppo", "grpo"] = "ppo"
-    starts: Literal["auto"] | str | list[int] = Field(
-        "auto", description="SFT steps to start RL from; auto spreads them over the ID-success range, "
-        "always with the OOD peak and the last checkpoint; decline (or decline:P) takes the first checkpoint "
-        "whose OOD success is 5 (or P) percentage points below the peak, and the last checkpoint")
+    starts: Literal["auto", "window"] | str | list[int] = Field(
+        "window", description="SFT steps to start RL from; auto spreads them over the ID-success range, "
+        "always with the OOD peak and the last checkpoint; window takes the checkpoint before the OOD peak, the "
+        "peak, the first checkpoint 5 points below it, the first at or below the midpoint of peak and end, and "
+        "the end (the base never); decline (or decline:P) takes the first checkpoint whose OOD success is 5 (or "
+        "P) percentage points below the peak, and the last checkpoint")
     n_starts: int = Field(3, ge=1, description="how many starts `auto` picks")
+    control: bool = Field(True, description="also run PPO's control arm from every start: the same updates "
+                          "with rewards shuffled across each batch, so regression to the mean is visible")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="settings when algo is ppo")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="settings when algo is grpo")
 
     @field_validator("starts")
     @classmethod
     def _known_rule(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "auto":
+        if isinstance(value, str) and value not in ("auto", "window"):
             _decline_points(value)
         return value
 
     @property
     def decline_points(self) -> float | None:
         """Points below the OOD peak of the `decline` rule, or None when `starts` is not that rule."""
-        return _decline_points(self.starts) if isinstance(self.starts, str) and self.starts != "auto" else None
+        named = isinstance(self.starts, str) and self.starts not in ("auto", "window")
+        return _decline_points(self.starts) if named else None
 
     @model_validator(mode="before")
     @classmethod
@@ -92,9 +102,20 @@ class RLSection(_Section):
                 raise ValueError(f"rl.{algo}.task: RL trains on each of the study's `tasks`; set them at the top level")
         return data
 
+    @model_validator(mode="after")
+    def _control_is_a_ppo_arm(self) -> RLSection:
+        if self.control and self.algo != "ppo":
+            raise ValueError("rl.control: the shuffled-reward control arm is built into PPO; set algo: ppo")
+        return self
+
     def settings(self, task: str) -> dict[str, Any]:
         """The chosen algorithm's settings for RL on `task`."""
         return {**getattr(self, self.algo).model_dump(), "task": task}
+
+    def arms(self, task: str) -> list[dict[str, Any]]:
+        """The settings of every RL arm on `task`: the algorithm's, then its control arm when asked for."""
+        main = self.settings(task)
+        return [main, {**main, "control": True}] if self.control else [main]
 
 
 class SpectralSection(_Section):
@@ -128,10 +149,9 @@ class EditsSection(_Section):
 class StudyConfig(_Section):
     """The whole study: model → SFT → eval → RL → eval → spectrum → edits → eval → report."""
 
-    model: str = Field("builtin:long", description='"builtin:long" (the built-in study\'s base), "builtin" (a '
-                       'weaker base, half the pretraining), "builtin:tiny" (smoke runs) or a Hugging Face '
-                       'checkpoint folder')
-    tasks: list[str] = Field(default_factory=lambda: ["gp24"], min_length=1)
+    model: str = Field("builtin:det", description='"builtin:det" (the built-in study\'s base), "builtin:gp24", '
+                       '"builtin:tiny" (smoke runs) or a Hugging Face checkpoint folder')
+    tasks: list[str] = Field(default_factory=lambda: ["det"], min_length=1)
     splits: list[str] = Field(default_factory=lambda: list(SPLITS), min_length=1)
     profile: str = "compact"
     seed: int = Field(0, ge=0)
@@ -149,13 +169,15 @@ class StudyConfig(_Section):
         data = dict(data)
         shared = {k: data[k] for k in ("model", "tasks", "profile", "seed") if k in data}
         sft = data.get("sft", {})
-        if isinstance(sft, dict):  # SFT starts from the study's model, its default included
-            model = {"model": cls.model_fields["model"].default}
-            data["sft"] = {**STUDY_DEFAULTS["sft"], **model, **shared, **sft}
+        if isinstance(sft, dict):  # SFT starts from the study's model and tasks, their defaults included
+            defaults = {"model": cls.model_fields["model"].default, "tasks": cls.model_fields["tasks"].default_factory()}
+            data["sft"] = {**STUDY_DEFAULTS["sft"], **defaults, **shared, **sft}
         rl = data.get("rl", {})
         if isinstance(rl, dict):
             passed = {k: v for k, v in shared.items() if k in ("profile", "seed")}
             rl = dict(rl)
+            if rl.get("algo") == "grpo":
+                rl.setdefault("control", False)  # the control arm is PPO's
             for algo in ("ppo", "grpo"):
                 if isinstance(rl.get(algo, {}), dict):
                     rl[algo] = {**STUDY_DEFAULTS.get(algo, {}), **passed, **rl.get(algo, {})}

@@ -1,7 +1,7 @@
 """Evaluation: success of each checkpoint on each (task, split) over a frozen eval set, into the `evals` table.
 
-The eval set of (task, split) is problems 0..N-1 drawn with seed `EVAL_SEED_OFFSET + seed`, so it never
-overlaps the training problems (drawn with small seeds). A stored row is identified by
+The eval set of (task, split) is problems 0..N-1 of the eval pool drawn with seed `EVAL_SEED_OFFSET + seed`:
+held-out problems, which no training text contains (`rlheal.tasks.holdout`). A stored row is identified by
 (checkpoint, task, split, eval_set); `evaluate` skips the combinations already stored, checking before it
 loads a model, and writes each new row in its own transaction: a killed evaluation loses at most the
 combination in flight.
@@ -21,9 +21,11 @@ from rlheal.rollout import Backend, Decoding, HFBackend, play
 from rlheal.stats import wilson_interval
 from rlheal.store import Store, Table
 from rlheal.tasks.base import PROFILES, SPLITS, Episode, Problem, Task
+from rlheal.tasks.holdout import EVAL
 
 EVAL_SEED_OFFSET = 10_000  # eval problems use seed 10_000 + seed; training uses small seeds
 DEFAULT_EPISODES = 500
+MAX_EVAL_DRAWS_PER_PROBLEM = 20  # draws per distinct eval problem before the pool counts as too small
 
 EVALS = Table(
     name="evals",
@@ -44,6 +46,7 @@ EVALS = Table(
         "format_error_rate": "float",
         "mean_attempts": "float",
         "first_attempt_acc": "float",
+        "solved_at": "json",  # per eval problem, in eval-set order: the attempt that solved it (1, 2, ...), 0 if none
         "decoding": "json",
         "seed": "int",
         "versions": "json",
@@ -60,8 +63,8 @@ class EvalConfigError(ValueError):
 
 
 def eval_set_id(*, seed: int, episodes: int, max_attempts: int, profile: str, decoding: Decoding) -> str:
-    """The id of a frozen eval set, e.g. `seed0-n500-a5-compact`; non-default decoding adds its tag."""
-    base = f"seed{seed}-n{episodes}-a{max_attempts}-{profile}"
+    """The id of a frozen eval set, e.g. `heldout-seed0-n300-a5-compact`; non-default decoding adds its tag."""
+    base = f"heldout-seed{seed}-n{episodes}-a{max_attempts}-{profile}"
     return base if decoding == Decoding() else f"{base}-{decoding.tag()}"
 
 
@@ -72,8 +75,19 @@ def task_eval_set(task: Task, *, seed: int, episodes: int, max_attempts: int | N
 
 
 def eval_problems(task: Task, split: str, *, seed: int, episodes: int) -> list[Problem]:
-    """The frozen eval set of (task, split): problems 0..episodes-1 of seed EVAL_SEED_OFFSET + seed."""
-    return task.problems(split, EVAL_SEED_OFFSET + seed, episodes)
+    """The frozen eval set of (task, split): the first `episodes` distinct problems (by held-out key) of the eval
+    pool drawn with seed EVAL_SEED_OFFSET + seed, so that every problem counts once. Raises EvalConfigError when
+    the eval pool holds fewer distinct problems (gp24's OOD hands: a few hundred)."""
+    chosen: dict[str, Problem] = {}
+    index = 0
+    while len(chosen) < episodes:
+        if index >= MAX_EVAL_DRAWS_PER_PROBLEM * episodes:
+            raise EvalConfigError(f"the eval pool of {task.name}/{split} holds about {len(chosen)} distinct problems, "
+                                  f"fewer than the {episodes} asked for: evaluate with fewer episodes")
+        problem = task.problem(split, EVAL_SEED_OFFSET + seed, index, pool=EVAL)
+        chosen.setdefault(task.holdout_key(problem.data), problem)
+        index += 1
+    return list(chosen.values())
 
 
 def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
@@ -81,7 +95,8 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
 
     success_rate: share of episodes solved at any attempt, with its 95 % Wilson interval (ci_low, ci_high);
     first_attempt_acc: share solved at the first attempt; mean_attempts: attempts per episode;
-    format_error_rate: share of all attempts whose answer was not in the profile's format.
+    format_error_rate: share of all attempts whose answer was not in the profile's format;
+    solved_at: per episode, the attempt that solved it (1-based), 0 when none did.
     """
     if not episodes:
         raise ValueError("cannot summarize zero episodes")
@@ -98,6 +113,7 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
         "format_error_rate": sum(not v.format_ok for v in attempts) / len(attempts),
         "mean_attempts": len(attempts) / n,
         "first_attempt_acc": sum(e.verdicts[0].correct for e in episodes) / n,
+        "solved_at": [next((i + 1 for i, v in enumerate(e.verdicts) if v.correct), 0) for e in episodes],
     }
 
 
@@ -229,11 +245,14 @@ def evaluate(
 
 
 def ood_peak(store: Store, task: str, eval_set: str | None = None) -> dict[str, Any] | None:
-    """The OOD-peak checkpoint's row: the `stage='sft'` OOD row of `task` with the highest success rate
-    (ties: earliest step); None when there is none. With several eval sets stored, name one."""
+    """The OOD-peak checkpoint's row: the `stage='sft'` OOD row of `task` with the highest success on the
+    selection half of the eval problems (`report.findings.selection_success`; ties: earliest step); None when
+    there is none. With several eval sets stored, name one."""
+    from rlheal.report.findings import selection_success
+
     where = {"task": task, "split": "ood", "stage": "sft"} | ({"eval_set": eval_set} if eval_set else {})
     rows = store.rows(EVALS, **where)
     sets = sorted({r["eval_set"] for r in rows})
     if len(sets) > 1:
         raise ValueError(f"the store holds several eval sets for {task}/ood ({', '.join(sets)}): pass eval_set")
-    return max(rows, key=lambda r: (r["success_rate"], -r["step"]), default=None)
+    return max(rows, key=lambda r: (selection_success(r), -r["step"]), default=None)

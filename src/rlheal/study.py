@@ -19,6 +19,7 @@ from typing import Any
 from rlheal.atomic import write_text
 from rlheal.config import StudyConfig
 from rlheal.provenance import environment
+from rlheal.report.findings import selection_success
 from rlheal.store import Store
 
 STUDY_FILE = "study.json"
@@ -75,13 +76,14 @@ def claim_run_folder(root: Path, cfg: StudyConfig) -> Run:
 
 
 def choose_rl_starts(sft_rows: Sequence[dict[str, Any]], n: int) -> list[int]:
-    """`auto` RL starts for one task: the OOD peak, the last step, and steps whose ID success is nearest to
-    evenly spaced levels between the lowest and highest ID success (step 0, the base, is never chosen, nor
-    a checkpoint none of whose ID answers parse, where RL has no learning signal, unless all are such).
+    """`auto` RL starts for one task: the OOD peak (on the selection half of the problems), the last step, and
+    steps whose ID success is nearest to evenly spaced levels between the lowest and highest ID success (step 0,
+    the base, is never chosen, nor a checkpoint none of whose ID answers parse, where RL has no learning signal,
+    unless all are such).
 
     `sft_rows` are the task's SFT eval rows (both splits). Returns ascending steps, at most max(n, 2).
     """
-    ood = {r["step"]: r["success_rate"] for r in sft_rows if r["split"] == "ood" and r["step"] > 0}
+    ood = {r["step"]: selection_success(r) for r in sft_rows if r["split"] == "ood" and r["step"] > 0}
     idr = {r["step"]: r["success_rate"] for r in sft_rows if r["split"] == "id" and r["step"] > 0}
     no_format = {r["step"] for r in sft_rows if r["split"] == "id" and r.get("format_error_rate") == 1.0}
     steps = sorted((set(ood) & set(idr)) - no_format) or sorted(set(ood) & set(idr))
@@ -102,14 +104,34 @@ def choose_rl_starts(sft_rows: Sequence[dict[str, Any]], n: int) -> list[int]:
 
 def decline_start(sft_rows: Sequence[dict[str, Any]], points: float) -> int | None:
     """The first SFT step after the OOD peak whose OOD success is at least `points` percentage points below
-    it (the peak counts the base, step 0; ties go to the earliest step), or None when OOD never falls that far.
-    `sft_rows` are one task's SFT eval rows (both splits)."""
-    ood = {r["step"]: r["success_rate"] for r in sft_rows if r["split"] == "ood"}
+    it, both on the selection half of the problems (the peak counts the base, step 0; ties go to the earliest
+    step), or None when OOD never falls that far. `sft_rows` are one task's SFT eval rows (both splits)."""
+    ood = {r["step"]: selection_success(r) for r in sft_rows if r["split"] == "ood"}
     if not ood:
         return None
     peak = max(ood, key=lambda s: (ood[s], -s))
     fallen = sorted(s for s in ood if s > peak and 100 * (ood[peak] - ood[s]) >= points - 1e-9)
     return fallen[0] if fallen else None
+
+
+def window_starts(sft_rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The `window` RL starts of one task, chosen on the selection half of the OOD problems: the checkpoint
+    before the OOD peak, the peak, the first checkpoint 5 points below the peak, the first checkpoint at or
+    below the midpoint of peak and end, and the last checkpoint; never the base (step 0). `sft_rows` are the
+    task's SFT eval rows (both splits). Returns ascending steps, without repeats."""
+    ood = {r["step"]: selection_success(r) for r in sft_rows if r["split"] == "ood"}
+    if not ood:
+        return []
+    steps = sorted(ood)
+    peak = max(steps, key=lambda s: (ood[s], -s))
+    end = steps[-1]
+    after = [s for s in steps if s > peak]
+    chosen = {peak, end, decline_start(sft_rows, 5.0)}
+    if steps.index(peak) > 0:
+        chosen.add(steps[steps.index(peak) - 1])
+    middle = (ood[peak] + ood[end]) / 2
+    chosen.add(next((s for s in after if ood[s] <= middle + 1e-12), None))
+    return sorted(s for s in chosen if s)
 
 
 def _setup_logging(run: Run) -> logging.Handler:
@@ -182,6 +204,8 @@ class Study:
         rows = [r for r in sft_rows if r["task"] == task]
         if rl.starts == "auto":
             steps = choose_rl_starts(rows, rl.n_starts)
+        elif rl.starts == "window":
+            steps = window_starts(rows)
         elif rl.decline_points is not None:  # the decline's first checkpoint and the over-trained end
             first = decline_start(rows, rl.decline_points)
             if first is None:
@@ -197,18 +221,23 @@ class Study:
         return [sft_folders[s] for s in steps]
 
     def rl(self, task: str, starts: Sequence[Path]) -> list[Path]:
-        """RL from each start (skipping finished ones) and the evaluation of every RL checkpoint."""
+        """RL from each start (skipping finished ones), and its shuffled-reward control arm when the config
+        asks for one, then the evaluation of every RL checkpoint."""
         from rlheal.models.checkpoint import read_manifest
         from rlheal.train.ppo import rl_checkpoints
-        from rlheal.train.sweep import rl_folder, run_sweep
+        from rlheal.train.sweep import make_config, rl_folder, run_sweep
 
         if not starts:
             return []
         e, algo = self.cfg.eval, self.cfg.rl.algo
-        run_sweep(self.run.sft, self.run.root, algo=algo, steps=[read_manifest(s).step for s in starts],
-                  overrides=self.cfg.rl.settings(task), eval_episodes=e.episodes, eval_seed=e.seed,
-                  eval_decoding=self._decoding(), eval_max_attempts=e.max_attempts, show_progress=self.progress)
-        return [c for s in starts for c in rl_checkpoints(rl_folder(self.run.root, s, algo))]
+        folders = []
+        for overrides in self.cfg.rl.arms(task):
+            run_sweep(self.run.sft, self.run.root, algo=algo, steps=[read_manifest(s).step for s in starts],
+                      overrides=overrides, eval_episodes=e.episodes, eval_seed=e.seed,
+                      eval_decoding=self._decoding(), eval_max_attempts=e.max_attempts, show_progress=self.progress)
+            arm = make_config(algo, overrides).arm
+            folders += [c for s in starts for c in rl_checkpoints(rl_folder(self.run.root, s, arm))]
+        return folders
 
     def spectrum(self, targets: Sequence[Path], references: dict[str, Path]) -> int:
         from rlheal.spectral.metrics import SPECTRAL, SPECTRAL_SIGMA

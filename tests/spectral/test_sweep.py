@@ -109,7 +109,8 @@ def test_aggregate_takes_max_of_maxima_and_mean_of_the_rest():
 
 
 EVALS = Table("evals", {"checkpoint": "str", "stage": "str", "step": "int", "task": "str", "split": "str",
-                        "eval_set": "str", "success_rate": "float"}, key=("checkpoint", "task", "split", "eval_set"))
+                        "eval_set": "str", "success_rate": "float", "solved_at": "json"},
+              key=("checkpoint", "task", "split", "eval_set"))
 
 
 def test_reference_pairs(tmp_path, ckpts):
@@ -121,17 +122,18 @@ def test_reference_pairs(tmp_path, ckpts):
     with Store(run) as store:
         store.put(EVALS, [
             {"checkpoint": "/r/sft/step-40", "stage": "sft", "step": 40, "task": "gp24", "split": "ood",
-             "eval_set": "s", "success_rate": 0.2},
+             "eval_set": "s", "success_rate": 0.2, "solved_at": [0, 1, 1, 1, 0, 0, 0, 0, 0, 0]},
             {"checkpoint": "/r/sft/step-80", "stage": "sft", "step": 80, "task": "gp24", "split": "ood",
-             "eval_set": "s", "success_rate": 0.3},
+             "eval_set": "s", "success_rate": 0.3, "solved_at": [1, 0, 1, 0, 1, 0, 0, 0, 0, 0]},
             {"checkpoint": "/r/sft/step-120", "stage": "sft", "step": 120, "task": "gp24", "split": "ood",
-             "eval_set": "s", "success_rate": 0.3},
+             "eval_set": "s", "success_rate": 0.3, "solved_at": [1, 0, 1, 0, 1, 0, 0, 0, 0, 0]},
             {"checkpoint": "/r/sft/step-160", "stage": "sft", "step": 160, "task": "gp24", "split": "id",
-             "eval_set": "s", "success_rate": 0.9},
+             "eval_set": "s", "success_rate": 0.9, "solved_at": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]},
             {"checkpoint": "/r/rl/step-10", "stage": "rl", "step": 10, "task": "gp24", "split": "ood",
-             "eval_set": "s", "success_rate": 0.9},
+             "eval_set": "s", "success_rate": 0.9, "solved_at": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]},
         ])
-    # highest OOD success among SFT rows; the tie between steps 80 and 120 goes to the earlier one
+    # highest OOD success on the selection half among SFT rows; the tie between steps 80 and 120 goes to the
+    # earlier one
     assert reference_pairs("ood-peak", targets[:1], run) == [(Path("/r/sft/step-80"), ckpts["base"])]
     with pytest.raises(StoreError, match="needs --store"):
         reference_pairs("base", targets)

@@ -39,17 +39,20 @@ def test_hand_checked_cases():
 
 
 @pytest.mark.parametrize(("split", "shape", "bound"), [("id", (4, 5), 4), ("ood", (5, 4), 5)])
-def test_rank_problems_have_the_split_shape_and_a_uniform_rank(split, shape, bound):
+def test_rank_problems_have_the_split_shape_and_every_rank(split, shape, bound):
     task = get_task("rank")
-    problems = task.problems(split, seed=0, n=500)
-    ranks = Counter()
-    for p in problems:
-        matrix = np.array(p.data["matrix"])
-        assert matrix.shape == shape and np.abs(matrix).max() <= bound
-        ranks[task.truth(p)] += 1
-        assert task.truth(p) == np.linalg.matrix_rank(matrix.astype(float))
-    assert set(ranks) == {0, 1, 2, 3, 4}
-    assert all(60 <= count <= 140 for count in ranks.values())  # 100 expected each
+    ranks = {}
+    for pool in ("train", "eval"):
+        ranks[pool] = Counter()
+        for p in task.problems(split, seed=0, n=400, pool=pool):
+            matrix = np.array(p.data["matrix"])
+            assert matrix.shape == shape and np.abs(matrix).max() <= bound
+            assert task.truth(p) == np.linalg.matrix_rank(matrix.astype(float))
+            ranks[pool][task.truth(p)] += 1
+    # the rank is drawn uniformly, then the matrix's pool decides: the one all-zero matrix of each shape is held
+    # out, so rank 0 is never trained on; every other rank is in both pools in about equal shares
+    assert set(ranks["train"]) == {1, 2, 3, 4} and set(ranks["eval"]) == {0, 1, 2, 3, 4}
+    assert all(70 <= ranks["train"][r] <= 130 for r in range(1, 5))  # 100 expected each
 
 
 @pytest.mark.parametrize(("split", "size", "bound"), [("id", 2, 4), ("ood", 3, 5)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from rlheal.cli import evaluate, rl, spectrum, study, tasks, train
+from rlheal.cli import data, evaluate, rl, spectrum, study, tasks, train
 
 app = typer.Typer(
     name="rlheal",
@@ -15,7 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (tasks, train, rl, evaluate, spectrum, study):
+for _module in (tasks, train, rl, evaluate, spectrum, study, data):
     _module.register(app)
 
 

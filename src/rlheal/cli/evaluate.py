@@ -151,11 +151,11 @@ def _print_rl_table(rows: list[dict[str, Any]]) -> None:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.1f}"
 
-    table = Table("task", "algo", "start", "start step", "RL step", "ID before", "ID after", "OOD before",
+    table = Table("task", "arm", "start", "start step", "RL step", "ID before", "ID after", "OOD before",
                   "OOD after", "OOD gain", title="RL from each start: success (%) before → after")
     for r in rows:
         gain = (None if r["ood_after"] is None or r["ood_before"] is None else r["ood_after"] - r["ood_before"])
-        table.add_row(r["task"], r["algo"], r["start_label"], str(r["start_step"]), str(r["rl_step"]),
+        table.add_row(r["task"], r["arm"], r["start_label"], str(r["start_step"]), str(r["rl_step"]),
                       pct(r["id_before"]), pct(r["id_after"]), pct(r["ood_before"]), pct(r["ood_after"]),
                       "-" if gain is None else f"{100 * gain:+.1f}")
     Console(width=None if sys.stdout.isatty() else 200).print(table)

@@ -36,8 +36,8 @@ def sft_command(
 
 
 def base_command(
-    model: Annotated[str, typer.Option(help="which built-in recipe: builtin, builtin:long, builtin:xl, builtin:det, "
-                                            "builtin:tiny")] = "builtin",
+    model: Annotated[str, typer.Option(help="which built-in base: builtin:det (the built-in study's), builtin:gp24, "
+                                            "builtin:tiny")] = "builtin:det",
     rebuild: Annotated[bool, typer.Option(help="pretrain again, replacing the cached folder when done")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:

@@ -52,34 +52,27 @@ class BuiltinRecipe(BaseModel):
         return stable_hash({"recipe": self.model_dump(), "tokenizer": TOKENIZER_SPEC, "world": WORLD_VERSION})
 
 
-DEFAULT_RECIPE = BuiltinRecipe()
 TINY_RECIPE = BuiltinRecipe(
     model=ModelSpec(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                     max_position_embeddings=128),
     world=WorldSpec.tiny(),
     train=PretrainSpec(steps=4, batch_size=2, seq_len=64, warmup_steps=1),
 )
-# Twice DEFAULT_RECIPE's hand documents and pretraining steps (11.5 min on 2 cores): the built-in study's base,
-# strong enough for SFT to show OOD forgetting in success (docs/RESULTS.md).
-LONG_RECIPE = BuiltinRecipe(
-    world=WorldSpec(n_values=4000, n_solve=14000, n_revise=5000),
-    train=PretrainSpec(steps=3000),
-)
-# Twice LONG_RECIPE's documents (every kind) and pretraining steps (26 min on 2 cores): solves 84 % / 39 % of
-# ID / OOD hands in its own format (long: 37 % / 15 %), so SFT has more OOD skill to erode (docs/RESULTS.md §17).
-XL_RECIPE = BuiltinRecipe(
-    world=WorldSpec(**{kind: 2 * n for kind, n in LONG_RECIPE.world.model_dump().items()}),
-    train=LONG_RECIPE.train.model_copy(update={"steps": 2 * LONG_RECIPE.train.steps}),
-)
-# A base for the det task's forgetting question (target 5, docs/RESULTS.md §19): arithmetic, the rank/det
-# direct answers, and 16000 determinants worked out by cofactor expansion (2x2 and, twice as often, 3x3), so
-# the base can do the OOD 3x3 split that SFT's direct `answer: N` on 2x2 may erode. No 24-game documents.
+# The default study's base: arithmetic, the rank/det direct answers and 16000 determinants worked out step by
+# step (2x2 and, twice as often, 3x3), so the base computes held-out 3x3 (OOD) determinants before SFT's direct
+# `answer: N` on 2x2 can erode the procedure. No 24-game documents.
 DET_RECIPE = BuiltinRecipe(
     world=WorldSpec(n_values=0, n_solve=0, n_revise=0, n_det_work=16000),
     train=PretrainSpec(steps=3000),
 )
-RECIPES = {"builtin": DEFAULT_RECIPE, "builtin:tiny": TINY_RECIPE, "builtin:long": LONG_RECIPE,
-           "builtin:xl": XL_RECIPE, "builtin:det": DET_RECIPE}
+# A gp24 base: card values under random stated rules, hands solved and revised (train-pool hands only).
+GP24_RECIPE = BuiltinRecipe(
+    world=WorldSpec(n_values=4000, n_solve=14000, n_revise=5000),
+    train=PretrainSpec(steps=3000),
+)
+RECIPES = {"builtin:det": DET_RECIPE, "builtin:gp24": GP24_RECIPE, "builtin:tiny": TINY_RECIPE}
+DEFAULT_MODEL = "builtin:det"
+DEFAULT_RECIPE = RECIPES[DEFAULT_MODEL]
 
 
 def cache_root() -> Path:
@@ -121,7 +114,7 @@ def build_base(recipe: BuiltinRecipe, folder: Path, progress: bool = True) -> Pa
     started = time.perf_counter()
     tokenizer = char_tokenizer(model_max_length=recipe.model.max_position_embeddings)
     documents = generate_corpus(recipe.world, seed=recipe.seed)
-    blocks = pack_documents(documents, tokenizer, recipe.train.seq_len)
+    blocks = pack_documents([d.messages for d in documents], tokenizer, recipe.train.seq_len)
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(llama_config(recipe.model, tokenizer))
     losses = pretrain(model, blocks, recipe.train, seed=recipe.seed, progress=progress)

@@ -52,10 +52,10 @@ def build_report(run: str | Path) -> Path:
     with Store(run) as store:
         evals, losses = store.rows(EVALS), store.rows(LOSSES)
         updates, spectral = store.rows(RL_UPDATES), store.rows(SPECTRAL)
-    found: Findings = compute(evals)
+    found: Findings = compute([evals])
     steps = {r["checkpoint"]: r["step"] for r in evals}
     labels = {r["checkpoint"]: r["label"] for r in evals}
-    peaks = {c.task: c.peak["checkpoint"] for c in found.sft}
+    peaks = {c.task: c.peak.rows[0]["checkpoint"] for c in found.sft}
     references = _spectral_references(spectral, evals, peaks)
     k_label = sorted({r["k_label"] for r in spectral})[0] if spectral else ""
 
@@ -69,7 +69,7 @@ def build_report(run: str | Path) -> Path:
     sections = [
         Section("1. OOD forgetting during SFT", text.sft_sentences(found),
                 figure("sft_curves.png", figures.sft_curves(evals, losses, found.sft)) if found.sft else None,
-                "Success (episodes solved, with 95 % Wilson bands) on the ID and OOD eval sets, and the "
+                "Success (episodes solved, with 95 % Wilson bands) on the held-out ID and OOD eval sets, and the "
                 "teacher-forced answer loss on held-out ID and OOD problems, at every SFT checkpoint.",
                 empty_note="No SFT checkpoints have been evaluated yet."),
         Section("2. RL from SFT checkpoints", text.rl_sentences(found),

@@ -1,4 +1,8 @@
-"""`rlheal compare`: the paper's findings over several run folders of one study (seeds), as Markdown tables."""
+"""`rlheal compare`: the paper's findings over several run folders of one study (seeds), as Markdown tables.
+
+Every interval is paired over the shared eval problems and combines runs by a two-way bootstrap over runs and
+problems (`rlheal.report.findings`, `rlheal.stats`).
+"""
 
 from __future__ import annotations
 
@@ -6,78 +10,89 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rlheal.atomic import write_bytes
-from rlheal.report.seeds import Pooled, SeedFindings, layer_spectra, seed_findings, seed_interval
+from rlheal.report.findings import Findings, SftCurve, compute, vectors_vs_values
+from rlheal.report.text import points, rate
 from rlheal.store import Store, StoreError
 
-
-def _pct(x: float) -> str:
-    return "–" if math.isnan(x) else f"{100 * x:.1f}"
+Row = dict[str, Any]
 
 
-def _cell(p: Pooled) -> str:
-    low, high = p.ci
-    return f"{_pct(p.rate)} [{_pct(low)}, {_pct(high)}]"
+def _per_run(p) -> str:
+    return " / ".join(f"{100 * r['success_rate']:.0f}" for _, r in sorted(p.rows.items()))
 
 
-def _runs_cell(p: Pooled) -> str:
-    return " / ".join(f"{100 * r:.0f}" for r in p.per_run)
-
-
-def _seed_cell(values: Sequence[float]) -> str:
-    if not values:
-        return "–"
-    mean, low, high = seed_interval(values)
-    return f"{100 * mean:+.1f} [{_pct(low)}, {_pct(high)}]"
-
-
-def sft_table(f: SeedFindings) -> list[str]:
+def sft_table(c: SftCurve) -> list[str]:
     lines = ["| SFT step | ID success % [95 % CI] | OOD success % [95 % CI] | OOD per run % |", "|---|---|---|---|"]
-    for step, ood in f.sft["ood"].items():
-        id_ = f.sft.get("id", {}).get(step)
-        mark = " (pooled peak)" if step == f.peak_step else ""
-        lines.append(f"| {step}{mark} | {_cell(id_) if id_ else '–'} | {_cell(ood)} | {_runs_cell(ood)} |")
+    for step, ood in c.ood.items():
+        id_ = c.id.get(step)
+        mark = " (OOD peak)" if step == c.peak_step else ""
+        lines.append(f"| {step}{mark} | {rate(id_.rate) if id_ else '–'} | {rate(ood.rate)} | {_per_run(ood)} |")
     return lines
 
 
-def target_lines(f: SeedFindings) -> list[str]:
-    decline = f.peak.rate - f.end.rate
-    verdict = "outside" if f.decline_significant else "within"
+def target_lines(f: Findings, c: SftCurve) -> list[str]:
+    d = c.decline
     lines = [
-        f"**1. Forgetting.** Pooled over {f.runs} run(s), OOD success peaks at SFT step {f.peak_step} "
-        f"({_cell(f.peak)} %) and ends at step {f.end_step} ({_cell(f.end)} %): a decline of "
-        f"{100 * decline:.1f} points, {verdict} the pooled 95 % intervals. Each run's own peak minus end, mean "
-        f"over runs with a t-interval: {_seed_cell(f.declines)} points (target: at least 10, outside the "
-        "intervals). Each run's own peak is the maximum of many noisy checkpoints and overstates the decline; "
-        "with the peak step chosen by the other runs (leave-one-out): "
-        f"{_seed_cell(f.held_out_declines)} points.",
+        f"**1. Forgetting.** Over {f.runs} run(s), OOD success peaks at SFT step {c.peak_step} (the step with the "
+        f"highest success on the selection half of the eval problems) and ends at step {c.end_step}. Peak minus "
+        f"end on the test half, paired by problem: {points(d)} ({'beyond' if d.low > 0 else 'within'} its 95 % "
+        "interval; target: at least 10 points).",
         "",
-        "**2. RL from SFT checkpoints** (OOD success, pooled over the runs that started there):",
+        "**2. RL from SFT checkpoints** (last RL checkpoint of each arm; gains paired with the start; controls "
+        "train on shuffled rewards):",
         "",
-        "| start step | runs | OOD before % | OOD after % | gain (points) | significant |",
-        "|---|---|---|---|---|---|",
+        "| start step | arm | runs | OOD before % | OOD after % | gain (points) | beyond control (points) | "
+        "ID before → after % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for step, (before, after) in f.rl.items():
-        gain = after.rate - before.rate
-        sig = "yes, up" if after.ci[0] > before.ci[1] else "yes, down" if after.ci[1] < before.ci[0] else "no"
-        lines.append(f"| {step} | {len(after.per_run)} | {_cell(before)} | {_cell(after)} | {100 * gain:+.1f} | {sig} |")
-    if not f.rl:
-        lines.append("| – | 0 | – | – | – | – |")
+    arms = [a for a in f.rl if a.task == c.task]
+    for a in arms:
+        control = f.beyond_control(a)
+        ids = (f"{100 * a.id_before.rate.value:.0f} → {100 * a.id_after.rate.value:.0f}"
+               if a.id_before and a.id_after else "–")
+        lines.append(f"| {a.start_step} | {a.arm} | {len(a.ood_after.rows)} | {rate(a.ood_before.rate)} | "
+                     f"{rate(a.ood_after.rate)} | {points(a.gain)} | {points(control) if control else '–'} | {ids} |")
+    if not arms:
+        lines.append("| – | – | 0 | – | – | – | – | – |")
     return lines
 
 
-def edit_lines(f: SeedFindings) -> list[str]:
-    end_id = f.sft.get("id", {}).get(f.end_step)
-    lines = [f"**4. Edits of the last SFT checkpoint toward the OOD peak** ({f.task}, pooled over the runs):", "",
-             "| edit | OOD success % [95 % CI] | OOD per run % | ID success % [95 % CI] |", "|---|---|---|---|",
-             f"| none (SFT step {f.end_step}) | {_cell(f.end)} | {_runs_cell(f.end)} | "
-             f"{_cell(end_id) if end_id else '–'} |"]
-    for kind, by_split in f.edits.items():
-        ood, id_ = by_split.get("ood"), by_split.get("id")
-        lines.append(f"| {kind} | {_cell(ood) if ood else '–'} | {_runs_cell(ood) if ood else '–'} | "
-                     f"{_cell(id_) if id_ else '–'} |")
+def edit_lines(f: Findings, c: SftCurve) -> list[str]:
+    end_id = c.id.get(c.end_step)
+    lines = [f"**4. Edits of the last SFT checkpoint toward the OOD peak** ({c.task}):", "",
+             "| edit | OOD success % [95 % CI] | OOD per run % | minus unedited (points) | ID success % [95 % CI] |",
+             "|---|---|---|---|---|",
+             f"| none (SFT step {c.end_step}) | {rate(c.end.rate)} | {_per_run(c.end)} | – | "
+             f"{rate(end_id.rate) if end_id else '–'} |"]
+    for e in (e for e in f.edits if e.task == c.task):
+        lines.append(f"| {e.kind} | {rate(e.ood.rate)} | {_per_run(e.ood)} | {points(e.gain)} | "
+                     f"{rate(e.id.rate) if e.id else '–'} |")
+    diff = vectors_vs_values(f.edits, c.task)
+    if diff is not None:
+        lines += ["", f"Restoring singular vectors minus restoring singular values: {points(diff)}."]
     return lines
+
+
+def layer_spectra(runs: Sequence[tuple[Sequence[Row], Sequence[Row]]], k_label: str) -> dict[int, tuple[float, float, int]]:
+    """Per decoder layer: (mean |Δσ|/σ, mean top-k left principal angle in degrees, matrices) of each run's
+    last SFT checkpoint against its first (the base), averaged over the matrices of every run.
+    Each run is (evals, spectral rows)."""
+    sums: dict[int, list[float]] = {}
+    for evals, spectral in runs:
+        sft = sorted((r["step"], r["checkpoint"]) for r in evals if r["stage"] == "sft")
+        if not sft:
+            continue
+        pair = (sft[0][1], sft[-1][1], k_label)
+        for r in spectral:
+            if (r["reference"], r["target"], r["k_label"]) == pair:
+                acc = sums.setdefault(r["layer"], [0.0, 0.0, 0])
+                acc[0] += r["mean_abs_rel_sigma_drift"]
+                acc[1] += math.degrees(r["top_left_mean"])
+                acc[2] += 1
+    return {layer: (d / n, a / n, n) for layer, (d, a, n) in sorted(sums.items())}
 
 
 def spectral_table(layers: dict[int, tuple[float, float, int]], k_label: str) -> list[str]:
@@ -93,7 +108,7 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
     """The findings of several run folders (seeds of one config) as Markdown. With `figures`, also writes
     `figures/findings-<task>.png` per task (`seed_figures.findings_figure`) and links it, relative to the
     folder `links_from` (where the Markdown will live). Raises StoreError for a folder without a store,
-    ValueError when the runs cannot be pooled (different eval sets, no SFT rows)."""
+    FindingsError when the runs cannot be paired (different eval sets, no per-problem outcomes)."""
     from rlheal.evaluate import EVALS
     from rlheal.spectral.metrics import SPECTRAL
 
@@ -103,29 +118,31 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
             raise StoreError(f"{folder} holds no results store (results.sqlite): run `rlheal study` there first")
         with Store(folder) as store:
             runs.append((store.rows(EVALS), store.rows(SPECTRAL)))
-    tasks = tasks or sorted({r["task"] for evals, _ in runs for r in evals})
-    found = [seed_findings([evals for evals, _ in runs], task) for task in tasks]
+    found = compute([evals for evals, _ in runs])
+    curves = [c for c in found.sft if tasks is None or c.task in tasks]
     k_labels = sorted({r["k_label"] for _, spectral in runs for r in spectral})
     k_label = k_labels[0] if k_labels else None
     layers = layer_spectra(runs, k_label) if k_label else {}
-    out = [f"Runs: {', '.join(str(f) for f in run_folders)}", ""]
-    for f in found:
-        out += [f"## {f.task}", "", *sft_table(f), "", *target_lines(f), ""]
+    out = [f"Runs: {', '.join(str(f) for f in run_folders)}", "",
+           "Intervals: 95 %, paired over the shared eval problems; over several runs a two-way bootstrap over runs "
+           "and problems.", ""]
+    for c in curves:
+        out += [f"## {c.task}", "", *sft_table(c), "", *target_lines(found, c), ""]
         if figures is not None:
-            out += [_write_figure(f, layers, k_label or "no spectra", Path(figures), Path(links_from)), ""]
+            out += [_write_figure(found, c, layers, k_label or "no spectra", Path(figures), Path(links_from)), ""]
     if k_label:
         out += [*spectral_table(layers, k_label), ""]
-    for f in found:
-        out += [*edit_lines(f), ""]
+    for c in curves:
+        out += [*edit_lines(found, c), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
-def _write_figure(f: SeedFindings, layers: dict[int, tuple[float, float, int]], k_label: str, folder: Path,
-                  links_from: Path) -> str:
+def _write_figure(f: Findings, c: SftCurve, layers: dict[int, tuple[float, float, int]], k_label: str,
+                  folder: Path, links_from: Path) -> str:
     """Write one task's findings figure into `folder`; the Markdown image line that links it."""
     from rlheal.report.figures import to_png
     from rlheal.report.seed_figures import findings_figure
 
-    path = folder / f"findings-{f.task}.png"
-    write_bytes(path, to_png(findings_figure(f, layers, k_label)))
-    return f"![{f.task}: the four findings over {f.runs} run(s)]({Path(os.path.relpath(path, links_from)).as_posix()})"
+    path = folder / f"findings-{c.task}.png"
+    write_bytes(path, to_png(findings_figure(f, c, layers, k_label)))
+    return f"![{c.task}: the four findings over {f.runs} run(s)]({Path(os.path.relpath(path, links_from)).as_posix()})"

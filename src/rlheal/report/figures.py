@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rlheal.report.findings import EditResult, RlStart, SftCurve  # noqa: E402
+from rlheal.report.findings import EditResult, Point, RlArm, SftCurve  # noqa: E402
 
 Row = dict[str, Any]
 SPLIT_COLORS = {"id": "#1f77b4", "ood": "#d62728"}
@@ -32,12 +32,20 @@ def _pct(values) -> np.ndarray:
     return 100.0 * np.asarray(values, dtype=float)
 
 
+def rates(points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
+    """Rates in % and their 95 % error bars (2 × n, below and above) for `ax.errorbar`/`ax.bar`."""
+    y = np.array([100 * p.rate.value for p in points])
+    lows = np.array([100 * p.rate.low for p in points])
+    highs = np.array([100 * p.rate.high for p in points])
+    return y, np.vstack([y - lows, highs - y])
+
+
 def sft_curves(evals: Sequence[Row], losses: Sequence[Row], curves: Sequence[SftCurve]) -> Figure:
     """Per task: ID and OOD success vs SFT step with 95 % bands (top) and teacher-forced test loss (bottom)."""
     tasks = sorted({r["task"] for r in evals if r["stage"] == "sft"})
     fig, axes = plt.subplots(2, max(1, len(tasks)), figsize=(6.5 * max(1, len(tasks)), 7.5), squeeze=False,
                              sharex="col", gridspec_kw={"height_ratios": [3, 2]})
-    peaks = {c.task: c.peak for c in curves}
+    peaks = {c.task: c.peak_step for c in curves}
     for col, task in enumerate(tasks):
         ax, lax = axes[0][col], axes[1][col]
         for split, color in SPLIT_COLORS.items():
@@ -54,7 +62,7 @@ def sft_curves(evals: Sequence[Row], losses: Sequence[Row], curves: Sequence[Sft
                 lax.plot([r["step"] for r in lrows], [r["loss"] for r in lrows], "s--", color=color,
                          label=f"{split.upper()} test loss")
         if task in peaks:
-            ax.axvline(peaks[task]["step"], color="grey", ls=":", lw=1.2, label="OOD peak")
+            ax.axvline(peaks[task], color="grey", ls=":", lw=1.2, label="OOD peak (selection half)")
         ax.set_title(f"{task}: success during SFT")
         ax.set_ylabel("episodes solved (%)")
         ax.set_ylim(bottom=0)
@@ -70,26 +78,24 @@ def sft_curves(evals: Sequence[Row], losses: Sequence[Row], curves: Sequence[Sft
     return fig
 
 
-def rl_recovery(starts: Sequence[RlStart], curves: Sequence[SftCurve]) -> Figure:
-    """Per task: OOD success at each RL start checkpoint, before and after RL, against the SFT peak."""
-    tasks = sorted({s.task for s in starts})
+def rl_recovery(arms: Sequence[RlArm], curves: Sequence[SftCurve]) -> Figure:
+    """Per task: OOD success at each RL start checkpoint, before and after each RL arm, against the SFT peak."""
+    tasks = sorted({a.task for a in arms})
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.5 * max(1, len(tasks)), 4.5), squeeze=False)
-    peaks = {c.task: c.peak for c in curves}
+    peaks = {c.task: c for c in curves}
     for col, task in enumerate(tasks):
         ax = axes[0][col]
-        mine = [s for s in starts if s.task == task]
+        mine = [a for a in arms if a.task == task]
         x = np.arange(len(mine))
-        for offset, key, label, color in ((-0.17, "ood_before", "after SFT (RL start)", "#7f7f7f"),
-                                           (0.17, "ood_after", "after RL", "#2ca02c")):
-            rows = [getattr(s, key) for s in mine]
-            y = _pct([r["success_rate"] for r in rows])
-            err = np.vstack([y - _pct([r["ci_low"] for r in rows]), _pct([r["ci_high"] for r in rows]) - y])
+        for offset, which, label, color in ((-0.17, "ood_before", "after SFT (RL start)", "#7f7f7f"),
+                                             (0.17, "ood_after", "after RL", "#2ca02c")):
+            y, err = rates([getattr(a, which) for a in mine])
             ax.bar(x + offset, y, width=0.34, color=color, label=label, yerr=err, capsize=3)
         if task in peaks:
-            ax.axhline(100 * peaks[task]["success_rate"], color="#d62728", ls="--",
-                       label=f"SFT OOD peak (step {peaks[task]['step']})")
-        ax.set_xticks(x, [str(s.start_step) for s in mine])
-        ax.set_xlabel("SFT checkpoint RL started from (step)")
+            ax.axhline(100 * peaks[task].peak.rate.value, color="#d62728", ls="--",
+                       label=f"SFT OOD peak (step {peaks[task].peak_step})")
+        ax.set_xticks(x, [f"{a.start_step}\n{a.arm}" for a in mine], fontsize=8)
+        ax.set_xlabel("SFT checkpoint RL started from (step), and arm")
         ax.set_ylabel("OOD episodes solved (%)")
         ax.set_title(f"{task}: does RL restore OOD success?")
         ax.grid(axis="y", alpha=0.3)
@@ -98,22 +104,23 @@ def rl_recovery(starts: Sequence[RlStart], curves: Sequence[SftCurve]) -> Figure
     return fig
 
 
-def rl_window(starts: Sequence[RlStart]) -> Figure:
-    """RL's OOD gain against the start checkpoint's ID success: where recovery works."""
+def rl_window(arms: Sequence[RlArm]) -> Figure:
+    """RL's OOD gain (with its interval) against the start checkpoint's ID success: where recovery works."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for task in sorted({s.task for s in starts}):
-        mine = [s for s in starts if s.task == task and s.id_before is not None]
-        xs = _pct([s.id_before["success_rate"] for s in mine])
-        gains = 100 * np.array([s.gain for s in mine])
-        ax.plot(xs, gains, "o-", label=task)
-        for s, x, g in zip(mine, xs, gains, strict=True):
-            ax.annotate(f"step {s.start_step}", (x, g), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for task, arm in sorted({(a.task, a.arm) for a in arms}):
+        mine = [a for a in arms if (a.task, a.arm) == (task, arm) and a.id_before is not None]
+        xs = _pct([a.id_before.rate.value for a in mine])
+        gains = _pct([a.gain.value for a in mine])
+        err = np.vstack([gains - _pct([a.gain.low for a in mine]), _pct([a.gain.high for a in mine]) - gains])
+        ax.errorbar(xs, gains, yerr=err, fmt="o-", capsize=3, label=f"{task} {arm}")
+        for a, x, g in zip(mine, xs, gains, strict=True):
+            ax.annotate(f"step {a.start_step}", (x, g), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("ID success of the start checkpoint (%)")
     ax.set_ylabel("OOD success after RL − before (points)")
     ax.set_title("The recovery window: RL gain vs how far SFT went")
     ax.grid(alpha=0.3)
-    if starts:
+    if arms:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -151,16 +158,12 @@ def advantages(updates: Sequence[Row], labels: dict[str, str]) -> Figure:
 def edits(results: Sequence[EditResult]) -> Figure:
     """OOD success of each edited checkpoint beside the unedited target and the OOD-peak reference."""
     fig, ax = plt.subplots(figsize=(max(6.5, 1.1 * (len(results) + 2)), 4.5))
-    bars: list[tuple[str, Row, str]] = []
-    first = results[0] if results else None
-    if first is not None and first.target is not None:
-        bars.append(("unedited target", first.target, "#7f7f7f"))
-    if first is not None and first.peak is not None:
-        bars.append(("OOD-peak reference", first.peak, "#d62728"))
-    bars.extend((r.edit["label"], r.edit, "#9467bd") for r in results)
-    y = _pct([b[1]["success_rate"] for b in bars])
-    err = np.vstack([y - _pct([b[1]["ci_low"] for b in bars]), _pct([b[1]["ci_high"] for b in bars]) - y]) if bars else None
-    ax.bar(range(len(bars)), y, color=[b[2] for b in bars], yerr=err, capsize=3)
+    bars: list[tuple[str, Point, str]] = []
+    if results:
+        bars += [("unedited target", results[0].target, "#7f7f7f"), ("OOD-peak reference", results[0].peak, "#d62728")]
+    bars += [(r.kind, r.ood, "#9467bd") for r in results]
+    y, err = rates([p for _, p, _ in bars])
+    ax.bar(range(len(bars)), y, color=[b[2] for b in bars], yerr=err if bars else None, capsize=3)
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("OOD episodes solved (%)")
     ax.set_title("Weight edits of the last SFT checkpoint toward the OOD peak")

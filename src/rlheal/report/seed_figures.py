@@ -1,8 +1,8 @@
-"""The findings over seeds as one figure per task: a pure function from `SeedFindings` to a matplotlib Figure.
+"""The findings over runs as one figure per task: a pure function from `Findings` to a matplotlib Figure.
 
-Four panels, one per target of the study: (1) pooled ID and OOD success over SFT with Wilson bands and each
-run's OOD curve, (2) OOD before and after RL per start step, (3) σ drift vs rotation per decoder layer,
-(4) the edits of the last SFT checkpoint beside the unedited checkpoint and the OOD peak.
+Four panels, one per target of the study: (1) ID and OOD success over SFT with bootstrap bands and each run's
+OOD curve, (2) OOD before and after RL per start and arm, (3) σ drift vs rotation per decoder layer, (4) the
+edits of the last SFT checkpoint beside the unedited checkpoint and the OOD peak.
 """
 
 from __future__ import annotations
@@ -15,54 +15,46 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rlheal.report.figures import SPLIT_COLORS  # noqa: E402
-from rlheal.report.seeds import Pooled, SeedFindings  # noqa: E402
+from rlheal.report.figures import SPLIT_COLORS, rates  # noqa: E402
+from rlheal.report.findings import Findings, SftCurve  # noqa: E402
 
 
-def _rates(points: list[Pooled]) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled rates in % and their Wilson error bars (2 × n, below and above) for `ax.errorbar`/`ax.bar`."""
-    y = np.array([100 * p.rate for p in points])
-    lows = np.array([100 * p.ci[0] for p in points])
-    highs = np.array([100 * p.ci[1] for p in points])
-    return y, np.vstack([y - lows, highs - y])
-
-
-def _sft_panel(ax: Axes, f: SeedFindings) -> None:
-    for split, color in SPLIT_COLORS.items():
-        curve = f.sft.get(split)
+def _sft_panel(ax: Axes, f: Findings, c: SftCurve) -> None:
+    for split, curve in (("id", c.id), ("ood", c.ood)):
         if not curve:
             continue
         steps = list(curve)
-        y, err = _rates(list(curve.values()))
-        ax.plot(steps, y, "o-", color=color, label=f"{split.upper()}, pooled over {f.runs} run(s)")
-        ax.fill_between(steps, y - err[0], y + err[1], color=color, alpha=0.18)
-    ood = f.sft["ood"]
-    if all(len(p.per_run) == f.runs for p in ood.values()):  # each run at every step: per_run is in run order
-        for i, run in enumerate(zip(*(p.per_run for p in ood.values()), strict=True)):
-            ax.plot(list(ood), 100 * np.array(run), "--", color="#ff9896", lw=1.0,
-                    label="OOD, each run" if i == 0 else None, gid="each-run")
-    ax.axvline(f.peak_step, color="grey", ls=":", lw=1.2, label=f"pooled OOD peak (step {f.peak_step})")
+        y, err = rates(list(curve.values()))
+        ax.plot(steps, y, "o-", color=SPLIT_COLORS[split], label=f"{split.upper()}, mean of {f.runs} run(s)")
+        ax.fill_between(steps, y - err[0], y + err[1], color=SPLIT_COLORS[split], alpha=0.18)
+    if f.runs > 1:
+        for i in range(f.runs):
+            ax.plot(list(c.ood), [100 * p.rows[i]["success_rate"] for p in c.ood.values()], "--", color="#ff9896",
+                    lw=1.0, label="OOD, each run" if i == 0 else None, gid="each-run")
+    ax.axvline(c.peak_step, color="grey", ls=":", lw=1.2, label=f"OOD peak (step {c.peak_step}, selection half)")
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xlim(left=0)
     ax.set_xlabel("SFT step")
     ax.set_ylabel("episodes solved (%)")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"1. {f.task}: success during SFT (95 % Wilson bands)")
+    ax.set_title(f"1. {c.task}: success during SFT (95 % bands)")
     ax.legend(fontsize=7, loc="best")
 
 
-def _rl_panel(ax: Axes, f: SeedFindings) -> None:
-    starts = list(f.rl)
-    x = np.arange(len(starts))
-    for offset, index, label, color in ((-0.18, 0, "after SFT (RL start)", "#7f7f7f"), (0.18, 1, "after RL", "#2ca02c")):
-        y, err = _rates([f.rl[s][index] for s in starts])
+def _rl_panel(ax: Axes, f: Findings, c: SftCurve) -> None:
+    arms = [a for a in f.rl if a.task == c.task]
+    x = np.arange(len(arms))
+    for offset, which, label, color in ((-0.18, "ood_before", "after SFT (RL start)", "#7f7f7f"),
+                                         (0.18, "ood_after", "after RL", "#2ca02c")):
+        y, err = rates([getattr(a, which) for a in arms])
         ax.bar(x + offset, y, width=0.36, color=color, yerr=err, capsize=3, label=label)
-    ax.axhline(100 * f.peak.rate, color=SPLIT_COLORS["ood"], ls="--", lw=1, label=f"SFT OOD peak (step {f.peak_step})")
-    ax.set_xticks(x, [f"{s}\n({len(f.rl[s][1].per_run)} run(s))" for s in starts], fontsize=8)
-    ax.set_xlabel("SFT step RL started from")
+    ax.axhline(100 * c.peak.rate.value, color=SPLIT_COLORS["ood"], ls="--", lw=1,
+               label=f"SFT OOD peak (step {c.peak_step})")
+    ax.set_xticks(x, [f"{a.start_step}\n{a.arm}" for a in arms], fontsize=7)
+    ax.set_xlabel("SFT step RL started from, and arm")
     ax.set_ylabel("OOD episodes solved (%)")
-    ax.set_title(f"2. {f.task}: OOD before and after RL on ID")
-    if not starts:
+    ax.set_title(f"2. {c.task}: OOD before and after RL on ID")
+    if not arms:
         ax.text(0.5, 0.5, "no RL rows", ha="center", va="center", transform=ax.transAxes)
     ax.legend(fontsize=7, loc="best")
 
@@ -85,25 +77,25 @@ def _spectra_panel(ax: Axes, layers: dict[int, tuple[float, float, int]], k_labe
     ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper left")
 
 
-def _edits_panel(ax: Axes, f: SeedFindings) -> None:
-    bars = [(f"none (SFT {f.end_step})", f.end, "#7f7f7f"), (f"OOD peak (SFT {f.peak_step})", f.peak, SPLIT_COLORS["ood"])]
-    bars += [(kind, by_split["ood"], "#9467bd") for kind, by_split in f.edits.items() if "ood" in by_split]
-    y, err = _rates([p for _, p, _ in bars])
-    ax.bar(range(len(bars)), y, color=[c for _, _, c in bars], yerr=err, capsize=3)
+def _edits_panel(ax: Axes, f: Findings, c: SftCurve) -> None:
+    bars = [(f"none (SFT {c.end_step})", c.end, "#7f7f7f"), (f"OOD peak (SFT {c.peak_step})", c.peak, SPLIT_COLORS["ood"])]
+    bars += [(e.kind, e.ood, "#9467bd") for e in f.edits if e.task == c.task]
+    y, err = rates([p for _, p, _ in bars])
+    ax.bar(range(len(bars)), y, color=[col for _, _, col in bars], yerr=err, capsize=3)
     ax.set_xticks(range(len(bars)), [name for name, _, _ in bars], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("OOD episodes solved (%)")
-    ax.set_title(f"4. {f.task}: edits of the last SFT checkpoint")
+    ax.set_title(f"4. {c.task}: edits of the last SFT checkpoint")
 
 
-def findings_figure(f: SeedFindings, layers: dict[int, tuple[float, float, int]], k_label: str) -> Figure:
+def findings_figure(f: Findings, c: SftCurve, layers: dict[int, tuple[float, float, int]], k_label: str) -> Figure:
     """One task's four findings over runs (see the module docstring); `layers` as `layer_spectra` returns."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    _sft_panel(axes[0][0], f)
-    _rl_panel(axes[0][1], f)
+    _sft_panel(axes[0][0], f, c)
+    _rl_panel(axes[0][1], f, c)
     _spectra_panel(axes[1][0], layers, k_label)
-    _edits_panel(axes[1][1], f)
+    _edits_panel(axes[1][1], f, c)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{f.task}: the paper's findings over {f.runs} run(s), episodes pooled")
+    fig.suptitle(f"{c.task}: the paper's findings over {f.runs} run(s), paired by problem")
     fig.tight_layout()
     return fig

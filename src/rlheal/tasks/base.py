@@ -1,8 +1,9 @@
 """The contract every task world follows: problems as data, verdicts, episodes with revision turns.
 
-Pure Python (no torch). A problem is a pure function of (task, split, seed, index); a verdict is what the
-verifier says of one answer text; an episode is the list of turns and verdicts of the revision protocol,
-shared by the rollout engine, evaluation and RL.
+Pure Python (no torch). A problem is a pure function of (task, split, pool, seed, index); it is drawn from its
+pool (`train` or `eval`, `rlheal.tasks.holdout`), so no evaluation problem is ever a training problem. A
+verdict is what the verifier says of one answer text; an episode is the list of turns and verdicts of the
+revision protocol, shared by the rollout engine, evaluation and RL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from rlheal.tasks.holdout import TRAIN, check_pool, pool_of
 
 SPLITS: tuple[str, ...] = ("id", "ood")
 PROFILES: tuple[str, ...] = ("compact", "paper")
@@ -23,6 +26,7 @@ WRONG_NUMBERS = "wrong_numbers"  # gp24: the formula does not use exactly the ha
 ILLEGAL = "illegal"  # parsed the answer container but the content is not a legal formula / integer
 UNPARSEABLE = "unparseable"  # no answer in the profile's format was found
 VERDICT_KINDS: tuple[str, ...] = (CORRECT, WRONG_VALUE, WRONG_NUMBERS, ILLEGAL, UNPARSEABLE)
+MAX_DRAWS = 10_000  # draws per problem before giving up (unsolvable hands and the other pool are redrawn)
 
 
 def check_names(kind: str, names: list[str], valid: tuple[str, ...]) -> list[str]:
@@ -51,17 +55,18 @@ def problem_rng(task: str, split: str, seed: int, index: int) -> random.Random:
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem instance. `data` is JSON-serialisable and task-specific."""
+    """One problem instance. `data` is JSON-serialisable and task-specific; `pool` is `train` or `eval`."""
 
     task: str
     split: str
     seed: int
     index: int
     data: dict[str, Any]
+    pool: str = TRAIN
 
     @property
     def key(self) -> str:
-        return f"{self.task}/{self.split}/{self.seed}/{self.index}"
+        return f"{self.task}/{self.split}/{self.pool}/{self.seed}/{self.index}"
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,31 @@ class Task(ABC):
 
     # --- problems -------------------------------------------------------------------------------
     @abstractmethod
-    def problem(self, split: str, seed: int, index: int) -> Problem:
-        """The problem at (split, seed, index): a pure function of its arguments."""
+    def draw(self, rng: random.Random, split: str) -> dict[str, Any] | None:
+        """One candidate problem's data for `split` from `rng`, or None when the draw is to be redrawn."""
 
-    def problems(self, split: str, seed: int, n: int, start: int = 0) -> list[Problem]:
-        return [self.problem(split, seed, i) for i in range(start, start + n)]
+    @abstractmethod
+    def holdout_key(self, data: dict[str, Any]) -> str:
+        """What makes the problem with this data that problem (`rlheal.tasks.holdout`): equal keys, one pool."""
+
+    def problem(self, split: str, seed: int, index: int, pool: str = TRAIN) -> Problem:
+        """The problem at (split, pool, seed, index): a pure function of its arguments. Draws from the stream of
+        (task, split, seed, index) until a candidate lies in `pool`. Training code uses the default pool."""
+        rng = problem_rng(self.name, check_split(split), seed, index)
+        check_pool(pool)
+        for _ in range(MAX_DRAWS):
+            data = self.draw(rng, split)
+            if data is not None and pool_of(self.holdout_key(data)) == pool:
+                return Problem(self.name, split, seed, index, data, pool)
+        raise ValueError(f"no {split} problem of {self.name} in the {pool} pool in {MAX_DRAWS} draws "
+                         f"({self.no_problem_hint()})")
+
+    def no_problem_hint(self) -> str:
+        """What to change when no problem can be drawn (task options that leave too few problems)."""
+        return "check the task's options"
+
+    def problems(self, split: str, seed: int, n: int, start: int = 0, pool: str = TRAIN) -> list[Problem]:
+        return [self.problem(split, seed, i, pool) for i in range(start, start + n)]
 
     # --- showing and reading ---------------------------------------------------------------------
     @abstractmethod

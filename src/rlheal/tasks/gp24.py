@@ -26,16 +26,14 @@ from rlheal.tasks.base import (
     Problem,
     Task,
     Verdict,
-    check_split,
-    problem_rng,
 )
+from rlheal.tasks.holdout import hand_key
 from rlheal.tasks.reading import Miss, read_field
 from rlheal.tasks.solver24 import solvable, solve
 
 RANKS: tuple[str, ...] = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
 SUITS: tuple[str, ...] = ("h", "d", "c", "s")
 REWARDS: dict[str, float] = {CORRECT: 5.0, WRONG_VALUE: -1.0, WRONG_NUMBERS: -2.0, ILLEGAL: -3.0, UNPARSEABLE: -3.0}
-MAX_DRAWS = 10_000
 
 OOD_FACES: tuple[int, int, int] = (11, 12, 13)
 
@@ -110,16 +108,20 @@ class GeneralPoints(Task):
         self.target = target
         self.id_max_rank = id_max_rank
 
-    def problem(self, split: str, seed: int, index: int) -> Problem:
-        rng = problem_rng(self.name, check_split(split), seed, index)
-        for _ in range(MAX_DRAWS):
-            ranks = draw_ranks(rng, split, self.id_max_rank)
-            values = [card_value(r, split, self.ood_faces) for r in ranks]
-            if solvable(values, self.target):
-                cards = [RANKS[r - 1] + rng.choice(SUITS) for r in ranks]
-                return Problem(self.name, split, seed, index, {"cards": cards, "values": values, "target": self.target})
-        raise ValueError(f"no solvable {split} hand for target {self.target} (ID cards up to rank {self.id_max_rank}) "
-                         f"in {MAX_DRAWS} draws; use a target like 24 and id_max_rank of at least 3")
+    def draw(self, rng, split: str) -> dict | None:
+        """A hand of the split (None when it has no solution: redrawn)."""
+        ranks = draw_ranks(rng, split, self.id_max_rank)
+        values = [card_value(r, split, self.ood_faces) for r in ranks]
+        if not solvable(values, self.target):
+            return None
+        return {"cards": [RANKS[r - 1] + rng.choice(SUITS) for r in ranks], "values": values, "target": self.target}
+
+    def holdout_key(self, data: dict) -> str:
+        return hand_key(data["values"], data["target"])
+
+    def no_problem_hint(self) -> str:
+        return (f"target {self.target}, ID cards up to rank {self.id_max_rank}: use a target like 24 and id_max_rank "
+                "of at least 3")
 
     def prompt(self, problem: Problem) -> str:
         cards, target, split = problem.data["cards"], problem.data["target"], problem.split

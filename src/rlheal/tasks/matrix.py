@@ -26,9 +26,8 @@ from rlheal.tasks.base import (
     Problem,
     Task,
     Verdict,
-    check_split,
-    problem_rng,
 )
+from rlheal.tasks.holdout import matrix_key
 from rlheal.tasks.reading import Miss, read_field
 
 REWARDS: dict[str, float] = {CORRECT: 5.0, WRONG_VALUE: -1.0, ILLEGAL: -3.0, UNPARSEABLE: -3.0}
@@ -107,6 +106,9 @@ class MatrixTask(Task):
     options: ClassVar[tuple[str, ...]] = ()
     exact: ClassVar[Callable[[Matrix], int]]  # the ground truth, from the matrix
 
+    def holdout_key(self, data: dict[str, Any]) -> str:
+        return matrix_key(data["matrix"])
+
     def truth(self, problem: Problem) -> int:
         """The exact answer of `problem`."""
         return type(self).exact(problem.data["matrix"])
@@ -147,10 +149,9 @@ class MatrixRank(MatrixTask):
     exact = staticmethod(linalg.rank)
     shapes: ClassVar[dict[str, tuple[int, int, int]]] = {"id": (4, 5, 4), "ood": (5, 4, 5)}
 
-    def problem(self, split: str, seed: int, index: int) -> Problem:
-        rows, cols, bound = self.shapes[check_split(split)]
-        matrix = rank_matrix(problem_rng(self.name, split, seed, index), rows, cols, bound)
-        return Problem(self.name, split, seed, index, {"matrix": matrix})
+    def draw(self, rng: random.Random, split: str) -> dict[str, Any]:
+        rows, cols, bound = self.shapes[split]
+        return {"matrix": rank_matrix(rng, rows, cols, bound)}
 
 
 class Determinant(MatrixTask):
@@ -161,7 +162,7 @@ class Determinant(MatrixTask):
     exact = staticmethod(linalg.det)
     shapes: ClassVar[dict[str, tuple[int, int]]] = {"id": (2, 4), "ood": (3, 5)}
 
-    def problem(self, split: str, seed: int, index: int) -> Problem:
-        size, bound = self.shapes[check_split(split)]
-        matrix, symmetric = det_matrix(problem_rng(self.name, split, seed, index), size, bound)
-        return Problem(self.name, split, seed, index, {"matrix": matrix, "symmetric": symmetric})
+    def draw(self, rng: random.Random, split: str) -> dict[str, Any]:
+        size, bound = self.shapes[split]
+        matrix, symmetric = det_matrix(rng, size, bound)
+        return {"matrix": matrix, "symmetric": symmetric}

@@ -55,6 +55,11 @@ class GRPOConfig(RLSettings):
     gradient_checkpointing: bool = Field(False, description="trade compute for memory on large models")
     seed: int = Field(0, ge=0, description="seed of problems, sampling and shuffling")
 
+    @property
+    def arm(self) -> str:
+        """The name of this RL arm in checkpoint labels and folders."""
+        return "grpo"
+
 
 def episode_tokens(generations: Sequence[Any]) -> tuple[list[int], list[int], list[int]]:
     """One episode as (prompt_ids, completion_ids, env_mask) for TRL.

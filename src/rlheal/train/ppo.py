@@ -7,10 +7,16 @@ One update:
    generated tokens of log softmax(logits / temperature), in float32; the value is the value head on the hidden
    state of the attempt prompt's last token (the whole chat up to that attempt); with `track_kl`, the same
    log-probabilities under the frozen starting model give the KL to the start (k3 estimator).
-3. Turn-level GAE (γ, λ) inside each episode (`rl_math.turn_gae`: bootstrap 0 after the last attempt, nothing
-   crosses an episode boundary); advantages normalised over the batch.
+3. Rewards minus `kl_coef` × KL to the start (with `kl_target`, the coefficient adapts after every update
+   toward that KL, `rl_math.adaptive_kl_coef`); in the control arm (`control`) the rewards are shuffled
+   across the batch first. Turn-level GAE (γ, λ) inside each episode (`rl_math.turn_gae`: bootstrap 0 after
+   the last attempt, nothing crosses an episode boundary); advantages normalised over the batch.
 4. `epochs` passes of shuffled minibatches: clipped surrogate + `value_coef` × clipped value loss
-   (- `entropy_coef` × entropy), gradient clipping, one optimiser step per minibatch.
+   (- `entropy_coef` × entropy), gradient clipping, one optimiser step per minibatch. The value head has its
+   own learning rate (`value_lr`); for the first `value_warmup` updates only the value loss is optimised and
+   the backbone does not move.
+5. Every update's row records the critic's explained variance (before the update), the clip fraction and
+   the KL; once the KL to the start exceeds `kl_stop`, the run saves and stops.
 
 A batch where every attempt got the same reward (e.g. a checkpoint whose answers never parse) carries no
 learning signal: the update is recorded with `no_signal = True` and no optimiser step is taken.
@@ -51,6 +57,8 @@ RL_UPDATES = Table(
         "value_loss": "float",
         "policy_loss": "float",
         "clip_frac": "float",
+        "explained_variance": "float",  # 1 − Var(returns − values) / Var(returns) of the rollout, before the update
+        "kl_coef": "float",  # the KL penalty coefficient this update used
         "entropy": "float",  # mean per-token entropy of the sampled completions
         "adv_mean": "float",  # moments and histogram of the raw (un-normalised) advantages
         "adv_std": "float",
@@ -115,18 +123,36 @@ class PPOConfig(RLSettings):
     value_clip: float | None = Field(1.0, gt=0.0, description="value clip, in reward units; None = unclipped")
     epochs: int = Field(4, ge=1, description="passes over each rollout")
     minibatch_size: int = Field(16, ge=1, description="steps (attempts) per minibatch, per process")
-    lr: float = Field(1e-5, gt=0.0, description="AdamW learning rate (paper: 1e-6 for 7-11B models)")
+    lr: float = Field(1e-5, gt=0.0, description="AdamW learning rate of the model (paper: 1e-6 for 7-11B models)")
+    value_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the value head")
+    value_warmup: int = Field(5, ge=0, description="first updates that train the value head alone (the model "
+                              "does not move), so the critic is fitted before the policy follows it")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     value_coef: float = Field(0.5, ge=0.0, description="weight of the value loss")
-    kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the starting model, subtracted from rewards")
+    kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the starting model, subtracted from rewards "
+                           "(the starting coefficient when kl_target is set)")
+    kl_target: float | None = Field(None, gt=0.0, description="adapt kl_coef after every update toward this "
+                                    "mean KL to the start per attempt (nats); None keeps kl_coef fixed")
+    kl_horizon: int = Field(10_000, ge=1, description="steps over which the adaptive KL coefficient adapts")
+    kl_stop: float | None = Field(None, gt=0.0, description="save and stop once the mean KL to the start per "
+                                  "attempt exceeds this (nats); None never stops early")
+    control: bool = Field(False, description="the control arm: rewards shuffled across each batch, so training "
+                          "sees the same rewards no longer tied to the answers")
     entropy_coef: float = Field(0.0, ge=0.0, description="entropy bonus")
     track_kl: bool = Field(True, description="keep a frozen copy of the start to log KL (needed if kl_coef > 0)")
     temperature: float = Field(0.2, gt=0.0, description="rollout sampling temperature (also scales logits)")
     seed: int = Field(0, ge=0, description="training seed: problems, sampling, shuffling, value head init")
 
     def model_post_init(self, _context: Any) -> None:
-        if self.kl_coef > 0 and not self.track_kl:
-            raise ValueError("kl_coef > 0 needs track_kl = True (the KL penalty uses the frozen starting model)")
+        if (self.kl_coef > 0 or self.kl_target or self.kl_stop) and not self.track_kl:
+            raise ValueError("kl_coef, kl_target and kl_stop need track_kl = True (they use the frozen starting model)")
+        if self.kl_target and self.kl_coef == 0:
+            raise ValueError("kl_target adapts kl_coef, which must start above 0 (e.g. kl_coef: 0.05)")
+
+    @property
+    def arm(self) -> str:
+        """The name of this RL arm in checkpoint labels and folders: `ppo`, or `ppo-control`."""
+        return "ppo-control" if self.control else "ppo"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -276,7 +302,7 @@ class RLResult:
 def update_row(*, run_id: str, update: int, start: Path, algo: str, task: str, rewards: Sequence[float],
                format_ok: Sequence[bool], n_episodes: int, n_solved: int, advantages: Sequence[float],
                kl: float | None, losses: dict[str, float | None], entropy: float | None, no_signal: bool,
-               seconds: float) -> dict[str, Any]:
+               seconds: float, explained_variance: float | None = None, kl_coef: float | None = None) -> dict[str, Any]:
     """One `rl_updates` row from the gathered numbers of an update (shared by PPO and GRPO)."""
     from rlheal.train.rl_math import advantage_stats
 
@@ -289,7 +315,7 @@ def update_row(*, run_id: str, update: int, start: Path, algo: str, task: str, r
         "format_rate": sum(format_ok) / len(format_ok) if format_ok else None,
         "kl": nan_to_none(kl), "value_loss": nan_to_none(losses.get("value_loss")),
         "policy_loss": nan_to_none(losses.get("policy_loss")), "clip_frac": nan_to_none(losses.get("clip_frac")),
-        "entropy": nan_to_none(entropy),
+        "explained_variance": nan_to_none(explained_variance), "kl_coef": kl_coef, "entropy": nan_to_none(entropy),
         "adv_mean": nan_to_none(stats["mean"]), "adv_std": nan_to_none(stats["std"]),
         "adv_skew": nan_to_none(stats["skew"]), "adv_hist": stats["hist"],
         "n_episodes": n_episodes, "n_steps": len(rewards), "no_signal": no_signal, "seconds": seconds,
@@ -326,11 +352,14 @@ def train_ppo(
     from rlheal.rollout import Decoding, HFBackend, play
     from rlheal.tasks.base import Task
     from rlheal.train.rl_math import (
+        adaptive_kl_coef,
         clipped_surrogate,
         clipped_value_loss,
+        explained_variance,
         kl_to_reference,
         minibatch_indices,
         normalize_advantages,
+        shuffled,
         turn_gae,
     )
     from rlheal.train.value_head import ValueHead, load_value_head, save_value_head
@@ -346,8 +375,9 @@ def train_ppo(
     if resume is not None:
         check_same_settings(resume, config)
     first_update = 1 if resume is None else _step_of(resume) + 1
-    if first_update > config.updates:
+    if first_update > config.updates or (resume is not None and read_manifest(resume).extra.get("kl_stopped")):
         return RLResult(rl_checkpoints(out), [])
+    kl_coef = config.kl_coef if resume is None else float(read_manifest(resume).extra.get("kl_coef", config.kl_coef))
 
     accelerator = Accelerator()
     torch.manual_seed(config.seed)
@@ -359,7 +389,9 @@ def train_ppo(
         reference = load_model(start)[0].to(accelerator.device).requires_grad_(False)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     actor_critic = _actor_critic_class()(model, head)
-    optimizer = torch.optim.AdamW(actor_critic.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "lr": config.lr},
+                                   {"params": list(head.parameters()), "lr": config.value_lr}],
+                                  weight_decay=config.weight_decay)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     policy = accelerator.unwrap_model(actor_critic)
     backend = HFBackend(policy.model, tokenizer, batch_size=config.rollout_batch_size, name=str(resume or start))
@@ -402,12 +434,16 @@ def train_ppo(
             old_logp, old_values = torch.cat(old_logp), torch.cat(old_values)
             kl_seq = torch.cat(kl_seq) if kl_seq else None
 
-            # 3. rewards → turn-level GAE inside episodes → normalised advantages ----------------------------
+            # 3. rewards (shuffled in the control arm) − KL penalty → turn-level GAE → normalised advantages --
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + update * 97 + rank)
             rewards = torch.tensor(steps.rewards, dtype=torch.float32, device=device)
-            if config.kl_coef > 0:
-                rewards = rewards - config.kl_coef * kl_seq
+            if config.control:
+                rewards = shuffled(rewards, generator)
+            if kl_coef > 0:
+                rewards = rewards - kl_coef * kl_seq
             dones = torch.tensor(steps.dones, dtype=torch.bool, device=device)
             advantages, returns = turn_gae(rewards, old_values, dones, config.gamma, config.lam)
+            all_values, all_returns = gather_object(old_values.tolist()), gather_object(returns.tolist())
             all_rewards = gather_object(steps.rewards)
             all_advantages = gather_object(advantages.tolist())
             no_signal = len(set(all_rewards)) < 2
@@ -416,11 +452,12 @@ def train_ppo(
 
             # 4. epochs of clipped PPO on shuffled minibatches ------------------------------------------------
             losses: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": []}
+            warming_up = update <= config.value_warmup  # the critic alone: the model's learning rate is 0
+            optimizer.param_groups[0]["lr"] = 0.0 if warming_up else config.lr
             if not no_signal:
                 actor_critic.train()
                 n_minibatches = int(accelerator.gather(torch.tensor(
                     [math.ceil(len(steps) / config.minibatch_size)], device=device)).max())
-                generator = torch.Generator().manual_seed(config.seed * 1_000_003 + update * 97 + rank)
                 for _ in range(config.epochs):
                     for idx in minibatch_indices(len(steps), n_minibatches, generator):
                         idx_list = idx.tolist()
@@ -431,7 +468,9 @@ def train_ppo(
                         policy_loss, clip_frac = clipped_surrogate(logp, old_logp[idx], normed[idx], config.clip)
                         value_loss = clipped_value_loss(values, old_values[idx], returns[idx], config.value_clip)
                         mean_entropy = entropy.sum() / mask.sum().clamp(min=1)
-                        loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * mean_entropy
+                        loss = config.value_coef * value_loss
+                        if not warming_up:
+                            loss = loss + policy_loss - config.entropy_coef * mean_entropy
                         optimizer.zero_grad(set_to_none=True)
                         accelerator.backward(loss)
                         accelerator.clip_grad_norm_(actor_critic.parameters(), config.max_grad_norm)
@@ -444,25 +483,31 @@ def train_ppo(
             mean_loss = {k: _mean(gather_object(v)) for k, v in losses.items()}
             token_stats = gather_object([(entropy_sum, n_tokens)])
             kl_values = gather_object(kl_seq.tolist()) if kl_seq is not None else []
+            mean_kl = _mean(kl_values) if kl_values else None
             row = update_row(
-                run_id=run_id, update=update, start=start, algo="ppo", task=task.name, rewards=all_rewards,
+                run_id=run_id, update=update, start=start, algo=config.arm, task=task.name, rewards=all_rewards,
                 format_ok=gather_object(steps.format_ok), n_episodes=sum(gather_object([steps.n_episodes])),
                 n_solved=sum(gather_object([steps.n_solved])), advantages=all_advantages,
-                kl=_mean(kl_values) if kl_values else None, losses=mean_loss,
+                kl=mean_kl, losses=mean_loss,
                 entropy=sum(e for e, _ in token_stats) / max(1, sum(n for _, n in token_stats)),
-                no_signal=no_signal, seconds=time.perf_counter() - began)
+                no_signal=no_signal, seconds=time.perf_counter() - began, kl_coef=kl_coef,
+                explained_variance=explained_variance(torch.tensor(all_values), torch.tensor(all_returns)))
             rows.append(row)
+            stop = config.kl_stop is not None and mean_kl is not None and mean_kl > config.kl_stop
+            if config.kl_target is not None and mean_kl is not None:
+                kl_coef = adaptive_kl_coef(kl_coef, mean_kl, config.kl_target, config.kl_horizon, len(all_rewards))
             if accelerator.is_main_process:
                 if store is not None:
                     store.put(RL_UPDATES, [row])
                 if on_update is not None:
                     on_update(row)
-                if update % config.save_every == 0 or update == config.updates:
+                if update % config.save_every == 0 or update == config.updates or stop:
                     folder = out / STEP_FOLDER.format(update)
                     manifest = Manifest(stage="rl", step=update, parent=str(start), seed=config.seed,
                                         config_hash=config_hash,
-                                        extra={"name": f"{read_manifest(start).label}+ppo-{update}", "algo": "ppo",
-                                               "task": task.name, "config": config.model_dump()})
+                                        extra={"name": f"{read_manifest(start).label}+{config.arm}-{update}",
+                                               "algo": "ppo", "task": task.name, "config": config.model_dump(),
+                                               "kl_coef": kl_coef, "kl_stopped": stop})
                     save_model(policy.model, tokenizer, folder, manifest, overwrite=True)
                     save_value_head(policy.head, folder)
             accelerator.wait_for_everyone()
@@ -470,6 +515,10 @@ def train_ppo(
             progress.update(bar, advance=1, description=(
                 f"PPO {start.name} u{update} reward {row['mean_reward']:.2f} "
                 f"solved {row['success_rate']:.0%} {signal_note}"))
+            if stop:
+                console.print(f"PPO from {start.name}: the KL to the start reached {mean_kl:.2f} nats per attempt "
+                              f"(kl_stop {config.kl_stop}) at update {update}; saved and stopped")
+                break
 
     result = RLResult(rl_checkpoints(out), rows)
     if result.no_signal and accelerator.is_main_process:

@@ -145,3 +145,28 @@ def minibatch_indices(n_steps: int, n_minibatches: int, generator: torch.Generat
     repeats = math.ceil(n_minibatches / n_steps)
     order = torch.cat([torch.randperm(n_steps, generator=generator) for _ in range(repeats)])
     return list(torch.tensor_split(order, n_minibatches))
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 − Var(returns − values) / Var(returns) (population variances): 1 when the critic predicts every return,
+    0 when it does no better than the mean, negative when worse; NaN when the returns do not vary."""
+    returns, values = returns.double(), values.double()
+    spread = float(returns.var(unbiased=False)) if returns.numel() else 0.0
+    if spread == 0.0:
+        return math.nan
+    return 1.0 - float((returns - values).var(unbiased=False)) / spread
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n_steps: int) -> float:
+    """The KL penalty coefficient after one update (Ziegler et al. 2019, as TRL's AdaptiveKLController):
+    coef · (1 + clip(kl / target − 1, −0.2, 0.2) · n_steps / horizon). It rises while the measured KL is above
+    the target and falls while it is below."""
+    if target <= 0 or horizon <= 0:
+        raise ValueError(f"target and horizon must be > 0, got {target} and {horizon}")
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return coef * (1.0 + error * n_steps / horizon)
+
+
+def shuffled(rewards: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The rewards in a random order (the control arm: the same rewards, no longer tied to the answers)."""
+    return rewards[torch.randperm(len(rewards), generator=generator).to(rewards.device)]

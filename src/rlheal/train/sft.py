@@ -49,12 +49,12 @@ class SFTConfigError(ValueError):
 
 
 class SFTConfig(BaseModel):
-    """What an SFT run does. `model` is a Hugging Face checkpoint folder or "builtin" (the built-in base)."""
+    """What an SFT run does. `model` is a Hugging Face checkpoint folder or a built-in base (`builtin:det`, ...)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = "builtin"
-    tasks: list[str] = Field(default_factory=lambda: ["gp24"], min_length=1)
+    model: str = "builtin:det"
+    tasks: list[str] = Field(default_factory=lambda: ["det"], min_length=1)
     profile: str = "compact"
     n_train: int = Field(2000, ge=1, description="ID training problems per task")
     train_seed: int = Field(0, ge=0, description="seed of the ID training problems")
@@ -172,9 +172,9 @@ def answer_loss(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: 
 
 
 def resolve_model(name: str, progress: bool = True) -> Path:
-    """The starting checkpoint folder: a name of `rlheal.models.builtin.RECIPES` ("builtin", "builtin:tiny" for
-    smoke runs, "builtin:long" and "builtin:xl", the stronger bases) is the cached built-in base, built if
-    missing; anything else is a Hugging Face checkpoint folder."""
+    """The starting checkpoint folder: a name of `rlheal.models.builtin.RECIPES` ("builtin:det", "builtin:gp24",
+    "builtin:tiny" for smoke runs) is the built-in base, built if missing; anything else is a Hugging Face
+    checkpoint folder."""
     if name.startswith("builtin"):
         from rlheal.models.builtin import RECIPES, builtin_base
 

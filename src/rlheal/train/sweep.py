@@ -1,7 +1,8 @@
 """RL from each chosen SFT checkpoint, then ID/OOD evaluation of every RL checkpoint (the paper's sweep).
 
 Starts run one after another here (each is an independent job on a cluster: same command, one checkpoint).
-Layout: `RUN/rl/<start-label>-<algo>/step-000010/` (e.g. `RUN/rl/sft-40-ppo/`). Resuming is per start: a
+Layout: `RUN/rl/<start-label>-<arm>/step-000010/` (e.g. `RUN/rl/sft-40-ppo/`, and `RUN/rl/sft-40-ppo-control/`
+for the shuffled-reward control arm). Resuming is per start: a
 start whose last RL checkpoint exists is not retrained, its missing evaluations are run (`evaluate` skips
 stored rows); an interrupted start restarts from its latest saved RL checkpoint (PPO: with its value head;
 both: with a fresh optimiser state).
@@ -52,11 +53,12 @@ def select_starts(sft: str | Path, steps: Sequence[int] | None = None) -> list[P
     return [by_step[s] for s in dict.fromkeys(steps)]
 
 
-def rl_folder(run: str | Path, start: Path, algo: str) -> Path:
-    """Where RL from `start` with `algo` writes its checkpoints: `run/rl/<start-label>-<algo>`."""
+def rl_folder(run: str | Path, start: Path, arm: str) -> Path:
+    """Where RL arm `arm` (`ppo`, `ppo-control`, `grpo`) from `start` writes its checkpoints:
+    `run/rl/<start-label>-<arm>`."""
     from rlheal.models.checkpoint import read_manifest
 
-    return Path(run) / "rl" / f"{read_manifest(start).label}-{algo}"
+    return Path(run) / "rl" / f"{read_manifest(start).label}-{arm}"
 
 
 def run_sweep(
@@ -90,7 +92,7 @@ def run_sweep(
     eval_task = task if task is not None else config.task
     with Store(run) as store:
         for start in starts:
-            out = rl_folder(run, start, algo)
+            out = rl_folder(run, start, config.arm)
             result = trainer(start, out, config, store=store, task=task, show_progress=show_progress)
             if result.no_signal:
                 print(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
@@ -103,30 +105,26 @@ def run_sweep(
 
 
 def rl_summary(store: Store) -> list[dict[str, Any]]:
-    """For each (start checkpoint, algo, task, eval set): ID and OOD success before RL (the start) and after
+    """For each (start checkpoint, arm, task, eval set): ID and OOD success before RL (the start) and after
     (its RL checkpoint of the highest step), from the `evals` table. Missing evaluations read None."""
     from rlheal.evaluate import EVALS
-    from rlheal.models.checkpoint import CheckpointError, read_manifest
+    from rlheal.report.findings import rl_arm
 
     evals = store.rows(EVALS)
     success = {(r["checkpoint"], r["task"], r["split"], r["eval_set"]): r["success_rate"] for r in evals}
     latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for row in (r for r in evals if r["stage"] == "rl" and r["parent"]):
-        try:
-            algo = read_manifest(row["checkpoint"]).extra.get("algo", "?")
-        except CheckpointError:
-            algo = "?"
-        key = (row["parent"], algo, row["task"], row["eval_set"])
+        key = (row["parent"], rl_arm(row["label"]), row["task"], row["eval_set"])
         if key not in latest or row["step"] > latest[key]["step"]:
             latest[key] = row
     out = []
-    for (start, algo, task, eval_set), row in sorted(latest.items()):
+    for (start, arm, task, eval_set), row in sorted(latest.items()):
         start_rows = [r for r in evals if r["checkpoint"] == start]
         out.append({
             "start": start, "start_label": start_rows[0]["label"] if start_rows else Path(start).name,
-            "start_step": start_rows[0]["step"] if start_rows else None, "algo": algo, "task": task,
+            "start_step": start_rows[0]["step"] if start_rows else None, "arm": arm, "task": task,
             "eval_set": eval_set, "rl_checkpoint": row["checkpoint"], "rl_step": row["step"],
             **{f"{split}_{when}": success.get((ckpt, task, split, eval_set))
                for split in ("id", "ood") for when, ckpt in (("before", start), ("after", row["checkpoint"]))},
         })
-    return sorted(out, key=lambda r: (r["task"], r["algo"], r["start_step"] or 0))
+    return sorted(out, key=lambda r: (r["task"], r["arm"], r["start_step"] or 0))
