@@ -195,6 +195,14 @@ def test_known_angles_are_exact_to_1e_12_rad(thetas, why, seed):
     np.testing.assert_allclose(principal_angles(A, B), np.sort(thetas), rtol=0, atol=1e-12, err_msg=why)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_tiny_angles_beside_angles_just_above_the_recomputation_threshold(seed):
+    # without projecting the other principal directions out, ~ε/1e-3 ≈ 2e-13 rad leaks into the tiny ones
+    thetas = [2.3e-14, 2e-12, 9.7e-12, 1.1e-7, 3.6e-4, 1.07e-3, 1.2e-3, 1.5e-3, 8.7e-3, 0.064, 1.5707963]
+    A, B = rotated_pair(30, thetas, seed)
+    np.testing.assert_allclose(principal_angles(A, B), np.sort(thetas), rtol=0, atol=1e-14)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(-14, math.log10(math.pi / 2)), min_size=1, max_size=12), st.integers(0, 2**31 - 1))
 def test_planted_angles_over_fourteen_decades_are_exact(log_thetas, seed):

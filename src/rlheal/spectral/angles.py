@@ -6,9 +6,10 @@ coordinates; they diagonalise RᵀR = I − CᵀC too, so the columns of C Z and
 sines as norms. Each angle is atan2(sine, cosine): the sine decides small angles and the cosine large ones,
 as in Knyazev–Argentati, without choosing. The norms are accurate to second order in Z's error, except where
 eigenvalues of CᵀC agree to working precision: several angles below ~1e-7 rad, or within ~1e-7 of π/2.
-Those sines (cosines) are recomputed from the eigendecomposition of the Gram matrix of just their columns of
-R Z (C Z), whose scale is their own, recursively; so tiny angles are exact to ~1e-16 rad even next to large
-ones. The projection distance ‖Pa − Pb‖_F comes from ‖R‖_F (no cancellation for tiny angles).
+Those sines (cosines), all below TINY, are recomputed from just their columns of R Z (C Z), made orthogonal
+to the other columns first (as exact principal directions are: this removes the ~ε/TINY that Z's error
+mixed in), by the same eigensolve on their own scale, recursively; so tiny angles are exact to ~1e-15 rad
+even next to large ones. The projection distance ‖Pa − Pb‖_F comes from ‖R‖_F (no cancellation).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import torch
 
 from rlheal.spectral.linalg import EPS64, SpectralError, column_norms
 
-# Sines (cosines) below this are recomputed on their own scale: the eigenvector error of CᵀC mixes into
-# their columns at most ~ε/TINY of the others (≤ 2.3e-13 rad), and each level shrinks the scale by TINY.
+# Sines (cosines) below this are recomputed on their own scale; each level shrinks the scale by TINY.
 TINY = 1e-3
 MAX_LEVELS = 6  # TINY**6 = 1e-18: below that, values are already exact to well under 1e-16
 
@@ -39,12 +39,18 @@ def small_singular_values(X: torch.Tensor, level: int = 0) -> torch.Tensor:
 
 
 def _refine(theta: torch.Tensor, values: torch.Tensor, columns: torch.Tensor, to_angle) -> None:
-    """Replace, in place, the angles whose sine (cosine) `values` are below TINY when two or more are."""
+    """Replace, in place, the angles whose sine (cosine) `values` are below TINY when two or more are.
+
+    Their columns are first made orthogonal to the other columns (the other principal directions): exactly
+    so in exact arithmetic, and what Z's error had mixed in (~ε/TINY) goes.
+    """
     counts = (values < TINY).sum(-1).tolist()
     for b, count in enumerate(counts):
         if count >= 2:
             chosen = values[b] < TINY
-            theta[b, chosen] = to_angle(small_singular_values(columns[b][:, chosen]).clamp(max=1.0))
+            tiny, others = columns[b][:, chosen], columns[b][:, ~chosen] / values[b][~chosen]
+            tiny = tiny - others @ (others.mT @ tiny)
+            theta[b, chosen] = to_angle(small_singular_values(tiny).clamp(max=1.0))
 
 
 def subspace_angles(Qa: torch.Tensor, Qb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
