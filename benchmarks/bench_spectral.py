@@ -10,8 +10,8 @@ own process with --threads threads:
   ours   - `python -m rlheal spectrum --device cpu --out rows.csv` (no disk cache);
   before - with --before-src DIR: the same command from another source tree (e.g. an earlier commit unpacked
            with `git archive`), with a cold decomposition cache in a temporary folder;
-and reports each way's times, the ratios, and its worst errors against float64 SVD (`run_spectrum` with
-method svd64, in this process, untimed).
+and reports each way's wall and CPU (user + sys) seconds, the ratios, and its worst errors against float64
+SVD (`run_spectrum` with method svd64, in this process, untimed).
 
   python benchmarks/bench_spectral.py --targets 3 --repeats 3 --threads 1 [--before-src /tmp/before/src]
 """
@@ -23,6 +23,7 @@ import csv
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -115,6 +116,11 @@ def _worst_errors(rows: dict, exact: dict) -> dict[str, float]:
             for g, cols in groups.items()}
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "naive":
         naive_main(sys.argv[2:])
@@ -148,29 +154,33 @@ def main() -> None:
                                    "--device", "cpu", "--out", str(tmp / "before.csv")],
                                   env | {"PYTHONPATH": str(args.before_src.resolve())})
         times: dict[str, list[float]] = {name: [] for name in commands}
+        cpu_times: dict[str, list[float]] = {name: [] for name in commands}
         names = list(commands)
         for round_ in range(args.repeats):
             for name in names[round_ % len(names):] + names[: round_ % len(names)]:
                 argv, run_env = commands[name]
                 if name == "before":
                     run_env = run_env | {"RLHEAL_SPECTRAL_CACHE": str(tmp / f"cache-before-{round_}")}
-                start = time.perf_counter()
+                start, used = time.perf_counter(), _children_cpu_seconds()
                 subprocess.run(argv, env=run_env, check=True, capture_output=True)
                 times[name].append(round(time.perf_counter() - start, 2))
+                cpu_times[name].append(round(_children_cpu_seconds() - used, 2))
         torch.set_num_threads(args.threads)
         ks = [float(x) if "." in x else int(x) for x in args.k.split(",")]
         exact_rows, _ = run_spectrum([(ref, t) for t in targets], ks, method="svd64", device="cpu", progress=False)
         exact = {(r["target"], r["tensor"], r["k_label"]): r for r in exact_rows}
         errors = {name: _worst_errors(_read_rows(tmp / f"{name}.csv"), exact) for name in commands}
-    median = {name: statistics.median(t) for name, t in times.items()}
+    def ratios(kind: dict[str, list[float]], other: str) -> list[float]:
+        return [round(a / b, 2) for a, b in zip(kind[other], kind["ours"], strict=True)]
+
     print(json.dumps({
         "model": model, "targets": args.targets, "ks": ks, "threads": args.threads, "repeats": args.repeats,
-        "seconds": times, "median_s": median,
-        "ratio_naive_over_ours": [round(n / o, 2) for n, o in zip(times["naive"], times["ours"], strict=True)],
-        **({"ratio_before_over_ours": [round(b / o, 2) for b, o in zip(times["before"], times["ours"], strict=True)]}
-           if "before" in times else {}),
+        "wall_s": times, "cpu_s": cpu_times,
+        "median_wall_s": {name: statistics.median(t) for name, t in times.items()},
+        **{f"wall_{other}_over_ours": ratios(times, other) for other in commands if other != "ours"},
+        **{f"cpu_{other}_over_ours": ratios(cpu_times, other) for other in commands if other != "ours"},
         "worst_abs_error_vs_svd64": errors,
-    }, indent=1))
+    }))
 
 
 if __name__ == "__main__":

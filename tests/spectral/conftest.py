@@ -45,7 +45,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch) -> Path:
-    """Each test gets its own decomposition cache (never the user's ~/.cache)."""
+    """Each test gets its own decomposition cache folder (what the CLI uses through RLHEAL_SPECTRAL_CACHE)."""
     monkeypatch.setenv("RLHEAL_SPECTRAL_CACHE", str(tmp_path / "spectral-cache"))
     return tmp_path / "spectral-cache"
 

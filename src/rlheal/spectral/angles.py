@@ -38,13 +38,13 @@ def small_singular_values(X: torch.Tensor, level: int = 0) -> torch.Tensor:
     return torch.sort(values).values
 
 
-def _refine(theta: torch.Tensor, values: torch.Tensor, columns: torch.Tensor, to_angle) -> None:
-    """Replace, in place, the angles whose sine (cosine) `values` are below TINY when two or more are.
+def _refine(theta: torch.Tensor, values: torch.Tensor, columns: torch.Tensor, counts: list[int], to_angle) -> None:
+    """Replace, in place, the angles whose sine (cosine) `values` are below TINY where `counts` says two or
+    more are.
 
     Their columns are first made orthogonal to the other columns (the other principal directions): exactly
     so in exact arithmetic, and what Z's error had mixed in (~ε/TINY) goes.
     """
-    counts = (values < TINY).sum(-1).tolist()
     for b, count in enumerate(counts):
         if count >= 2:
             chosen = values[b] < TINY
@@ -70,8 +70,9 @@ def subspace_angles(Qa: torch.Tensor, Qb: torch.Tensor) -> tuple[torch.Tensor, t
     CZ, RZ = C @ Z, R @ Z
     cosines, sines = column_norms(CZ), column_norms(RZ)
     theta = torch.atan2(sines, cosines)
-    _refine(theta, sines, RZ, torch.arcsin)
-    _refine(theta, cosines, CZ, torch.arccos)
+    sine_counts, cosine_counts = torch.stack([sines < TINY, cosines < TINY]).sum(-1).tolist()
+    _refine(theta, sines, RZ, sine_counts, torch.arcsin)
+    _refine(theta, cosines, CZ, cosine_counts, torch.arccos)
     extra = Qa.shape[-1] - Qb.shape[-1]
     proj = torch.sqrt(extra + 2 * (R * R).sum((-2, -1)))
     return torch.sort(theta).values.reshape(*batch, -1), proj.reshape(batch)
