@@ -153,7 +153,7 @@ def check_ppo(folder: Path, p: dict, device: str, out: Path) -> dict:
 
 def check_spectral(p: dict, device: str) -> dict:
     import torch
-    from gpu_spectral import layer_shapes, synthetic_pair
+    from spectral_checkpoints import drift_update, layer_shapes, reference_matrix
 
     from rlheal.spectral.linalg import decompose, resolve_k
     from rlheal.spectral.metrics import matrix_metrics
@@ -164,7 +164,8 @@ def check_spectral(p: dict, device: str) -> dict:
     total = 0.0
     for layer in range(p["spectral_layers"]):
         for j, (name, (m, n)) in enumerate(shapes):
-            W_ref, W_t = synthetic_pair(m, n, 1000 * layer + j, dev)
+            W_ref = reference_matrix(m, n, 1000 * layer + j, dev).double()
+            W_t = W_ref + 0.02 * drift_update(m, n, 10**6 + 1000 * layer + j, dev).double()
             kmax = resolve_k(ks[0], min(m, n), name)
             dec_ref = decompose(W_ref, "gram64", top=kmax, tail=kmax)  # what the reference cache holds
             t: dict = {}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything GPU-related in one device call (docs/BENCHMARKS.md, "GPU"): versions, the real-model check
-# (gpu_check.py: eval, SFT, PPO on a Qwen2.5-0.5B-shaped model), the 7B-shaped spectral timing
-# (gpu_spectral.py), then built-in studies run side by side on the one GPU until the deadline. Each part has
+# (gpu_check.py: eval, SFT, PPO on a Qwen2.5-0.5B-shaped model), the spectral timing of a whole 7B-shaped
+# checkpoint (gpu_spectral.py: ~5 min, ~40 GB of temporary files in $TMPDIR), then built-in studies run side
+# by side on the one GPU until the deadline. Each part has
 # its own time limit and a failing part does not stop the next. Results go to $OUT (default /tmp/gpu-session):
 # env.txt, gpu_check.json/.log, gpu_spectral.log and one LABEL.tgz per study (its run folder without weights,
 # about 4 MB, and its log). The device tool returns at most 8 files of 16 MiB: keep to 4 studies.
@@ -10,6 +11,7 @@
 #   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh   # tiny shapes and the quick study, on CPU (a dry run)
 #
 # Settings (environment): GPU_SESSION_DEADLINE seconds for the whole script (default 560),
+# GPU_SESSION_SPECTRAL_TIMEOUT seconds for gpu_spectral.py (default 300; it prints each part as it ends),
 # GPU_SESSION_STUDIES "label|rlheal study arguments;..." (default: configs/xl.yaml, seeds 3-5, and its rank task).
 # Python packages missing on the machine travel as wheels in .whl/ (device README); a built-in base cached in
 # .devcache/ (RLHEAL_CACHE) saves pretraining it there.
@@ -47,10 +49,10 @@ EOF
 } 2>&1 | tee "$OUT/env.txt"
 
 if [ "$SMOKE" = 1 ]; then
-  CHECK_ARGS="--smoke --device cpu"; SPECTRAL_ARGS="--device cpu --scale 64 --layers 1 --check 1"
+  CHECK_ARGS="--smoke --device cpu"; SPECTRAL_ARGS="--device cpu --scale 64 --layers 2"
   DEFAULT_STUDIES="quick|--config configs/quick.yaml --seed 0"
 else
-  CHECK_ARGS=""; SPECTRAL_ARGS="--device cuda --layers 1 --check 1"
+  CHECK_ARGS=""; SPECTRAL_ARGS="--device cuda"
   DEFAULT_STUDIES="xl-s3|--config configs/xl.yaml --seed 3;xl-s4|--config configs/xl.yaml --seed 4;"
   DEFAULT_STUDIES+="xl-s5|--config configs/xl.yaml --seed 5;xl-rank-s0|--config configs/xl.yaml --set tasks=[rank] --seed 0"
 fi
@@ -60,7 +62,8 @@ echo "== gpu_check ($(left) s left)"
 timeout 150 $PY benchmarks/gpu_check.py $CHECK_ARGS --skip spectral --out "$OUT/gpu_check.json" 2>&1 \
   | tee "$OUT/gpu_check.log" | grep -v "it/s\]$" | tail -40
 echo "== gpu_spectral ($(left) s left)"
-timeout 120 $PY benchmarks/gpu_spectral.py $SPECTRAL_ARGS 2>&1 | tee "$OUT/gpu_spectral.log"
+timeout "${GPU_SESSION_SPECTRAL_TIMEOUT:-300}" $PY benchmarks/gpu_spectral.py $SPECTRAL_ARGS 2>&1 \
+  | tee "$OUT/gpu_spectral.log"
 
 echo "== studies ($(left) s left): $STUDIES"
 mkdir -p runs/gpu-session

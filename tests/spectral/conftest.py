@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 
 def make_checkpoint(folder: Path, seed: int = 0, noise: float = 0.0, dtype=torch.float32,
@@ -43,6 +45,20 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch) -> Path:
-    """Each test gets its own decomposition cache (never the user's ~/.cache)."""
+    """Each test gets its own decomposition cache folder (what the CLI uses through RLHEAL_SPECTRAL_CACHE)."""
     monkeypatch.setenv("RLHEAL_SPECTRAL_CACHE", str(tmp_path / "spectral-cache"))
     return tmp_path / "spectral-cache"
+
+
+@pytest.fixture
+def poked(tmp_path):
+    """poked(checkpoint, tensor, value, index): a copy of a single-file checkpoint with one weight replaced."""
+
+    def make(source: Path, tensor: str, value: float, index: tuple[int, int] = (0, 0)) -> Path:
+        copy = shutil.copytree(source, tmp_path / f"{source.name}-poked")
+        tensors = load_file(copy / "model.safetensors")
+        tensors[tensor][index] = value
+        save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+        return copy
+
+    return make

@@ -11,11 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlheal.spectral import SpectralError, decompose, principal_angles, resolve_k
-from rlheal.spectral.linalg import angle_error_bound, block_energy, projection_distance, sigma_drift
+from rlheal.spectral import SpectralError, decompose, principal_angles, resolve_k, subspace_angles
+from rlheal.spectral.linalg import angle_error_bound, block_energy, sigma_drift
 
 
-def rotated_pair(n: int, thetas: list[float]) -> tuple[np.ndarray, np.ndarray]:
+def rotated_pair(n: int, thetas: list[float], seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Bases A = [e_1..e_k] and B whose i-th column is cos θ_i e_i + sin θ_i e_{k+i}: angles exactly θ."""
     k = len(thetas)
     A = np.eye(n)[:, :k]
@@ -23,7 +23,7 @@ def rotated_pair(n: int, thetas: list[float]) -> tuple[np.ndarray, np.ndarray]:
     for i, t in enumerate(thetas):
         B[i, i], B[k + i, i] = math.cos(t), math.sin(t)
     # hide the coordinate structure behind a random orthogonal change of basis
-    Q = np.linalg.qr(np.random.default_rng(1).standard_normal((n, n)))[0]
+    Q = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))[0]
     return Q @ A, Q @ B
 
 
@@ -157,22 +157,70 @@ def test_sigma_drift_by_hand():
     assert math.isnan(float(drift[2]))
 
 
-def test_block_energy_and_projection_distance_by_hand():
+def test_block_energy_by_hand_for_nested_blocks():
     rng = np.random.default_rng(4)
     U = np.linalg.qr(rng.standard_normal((7, 7)))[0]
     V = np.linalg.qr(rng.standard_normal((5, 5)))[0]
     C = np.zeros((7, 5))
-    C[0, 0], C[1, 1], C[0, 1], C[4, 3] = 3.0, 1.0, 2.0, 5.0  # inside top-2: diag 3,1; off-diag 2
+    C[0, 0], C[1, 1], C[0, 1], C[4, 3] = 3.0, 1.0, 2.0, 5.0  # top-1: diag 3; top-2: diag 3,1, off 2; top-5: +5 off
     delta = U @ C @ V.T
-    diag, off = block_energy(torch.tensor(delta), torch.tensor(U[:, :2]), torch.tensor(V[:, :2]))
+    shares = block_energy(torch.tensor(delta), torch.tensor(U), torch.tensor(V), [2, 1, 5])
     total = 9 + 1 + 4 + 25
-    assert diag == pytest.approx(10 / total) and off == pytest.approx(4 / total)
-    assert block_energy(torch.zeros(7, 5), torch.tensor(U[:, :2]), torch.tensor(V[:, :2])) == (0.0, 0.0)
+    np.testing.assert_allclose(shares.numpy(), np.array([[10, 4], [9, 0], [10, 29]]) / total, atol=1e-14)
+    zero = block_energy(torch.zeros(7, 5, dtype=torch.float64), torch.tensor(U), torch.tensor(V), [2])
+    assert zero.tolist() == [[0.0, 0.0]]
 
+
+@pytest.mark.parametrize("kb", [3, 2])
+def test_projection_distance_matches_the_projectors(kb):
     A, B = rotated_pair(12, [1e-6, 0.3, 1.0])
-    theta = principal_angles(torch.tensor(A), torch.tensor(B))
-    direct = np.linalg.norm(A @ A.T - B @ B.T)
-    assert projection_distance(theta) == pytest.approx(direct, rel=1e-9)
+    _, proj = subspace_angles(torch.tensor(A), torch.tensor(B[:, :kb]))
+    direct = np.linalg.norm(A @ A.T - B[:, :kb] @ B[:, :kb].T)
+    assert float(proj) == pytest.approx(direct, rel=1e-12)
+
+
+# (known angles, what makes them hard)
+KNOWN_ANGLES = [
+    ([0.0, 3e-11, 1e-10, 1e-9, 1.1e-9, 2e-8, 1e-6, 1e-3, 0.3, 1.0, 1.5], "tiny cluster beside large angles"),
+    ([0.2, math.pi / 2 - 1e-9, math.pi / 2 - 2e-9, math.pi / 2 - 5e-10, math.pi / 2, 1.2], "cluster at π/2"),
+    ([1e-12, 2e-12, 5e-12, 1e-11, 3e-11], "all tiny"),
+    ([9.99e-4, 1e-3, 1.001e-3, 5e-4, 1e-12, 2e-12, 0.7], "around the recomputation threshold"),
+]
+
+
+@pytest.mark.parametrize("thetas,why", KNOWN_ANGLES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_known_angles_are_exact_to_1e_12_rad(thetas, why, seed):
+    A, B = rotated_pair(60, thetas, seed)
+    np.testing.assert_allclose(principal_angles(A, B), np.sort(thetas), rtol=0, atol=1e-12, err_msg=why)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tiny_angles_beside_angles_just_above_the_recomputation_threshold(seed):
+    # without projecting the other principal directions out, ~ε/1e-3 ≈ 2e-13 rad leaks into the tiny ones
+    thetas = [2.3e-14, 2e-12, 9.7e-12, 1.1e-7, 3.6e-4, 1.07e-3, 1.2e-3, 1.5e-3, 8.7e-3, 0.064, 1.5707963]
+    A, B = rotated_pair(30, thetas, seed)
+    np.testing.assert_allclose(principal_angles(A, B), np.sort(thetas), rtol=0, atol=1e-14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-14, math.log10(math.pi / 2)), min_size=1, max_size=12), st.integers(0, 2**31 - 1))
+def test_planted_angles_over_fourteen_decades_are_exact(log_thetas, seed):
+    thetas = [10.0**x for x in log_thetas]
+    A, B = rotated_pair(2 * len(thetas) + 3, thetas, seed)
+    np.testing.assert_allclose(principal_angles(A, B), np.sort(thetas), rtol=0, atol=1e-12)
+
+
+def test_batched_subspace_angles_equal_one_at_a_time():
+    pairs = [rotated_pair(30, [1e-9, 2e-9, 0.4, 1.3], seed) for seed in range(3)]
+    Qa = torch.stack([torch.tensor(A) for A, _ in pairs])
+    Qb = torch.stack([torch.tensor(B) for _, B in pairs])
+    theta, proj = subspace_angles(Qa, Qb)
+    assert theta.shape == (3, 4) and proj.shape == (3,)
+    for i, (A, B) in enumerate(pairs):
+        one, one_proj = subspace_angles(torch.tensor(A), torch.tensor(B))
+        torch.testing.assert_close(theta[i], one, rtol=0, atol=1e-15)
+        assert float(proj[i]) == pytest.approx(float(one_proj), rel=1e-14)
 
 
 def test_angle_error_bound():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.linalg as sla
+import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -166,3 +167,54 @@ def test_cli_spectrum_and_edit(ckpts, tmp_path):
                                  str(tmp_path / "edited"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "edited" / "rlheal_manifest.json").read_text())["stage"] == "edit"
+
+
+def test_each_checkpoint_is_read_and_decomposed_once_per_tensor(ckpts, monkeypatch):
+    import rlheal.spectral.sweep as sweep
+
+    reads, decompositions = [], []
+    real_read, real_decompose = CheckpointWeights.read, sweep.decompose
+    monkeypatch.setattr(CheckpointWeights, "read", lambda self, name: reads.append(self.folder) or real_read(self, name))
+    monkeypatch.setattr(sweep, "decompose", lambda W, *a, **kw: decompositions.append(1) or real_decompose(W, *a, **kw))
+    chain = [ckpts["base"], ckpts["sft"], ckpts["rl"]]
+    pairs = reference_pairs("previous", chain)  # sft is the target of one pair and the reference of the next
+    rows, sigma_rows = run_spectrum(pairs, ks=(0.25, 2), modules="q,down", device="cpu", progress=False)
+    tensors = 2 * 2  # q and down of two layers
+    assert len(decompositions) == 3 * tensors and len(reads) == 3 * tensors  # pair by pair would take 4 each
+    # the same rows, in the same order, as one sweep per pair
+    separate = [run_spectrum([pair], ks=(0.25, 2), modules="q,down", device="cpu", progress=False) for pair in pairs]
+    assert _without(rows, "seconds", "created") == _without([r for s in separate for r in s[0]], "seconds", "created")
+    assert sigma_rows == [r for s in separate for r in s[1]]
+
+
+def _without(rows, *columns):
+    return [{k: v for k, v in r.items() if k not in columns} for r in rows]
+
+
+def test_no_disk_cache_unless_asked(ckpts, tmp_path, monkeypatch):
+    monkeypatch.delenv("RLHEAL_SPECTRAL_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run_spectrum([(ckpts["base"], ckpts["sft"])], modules="q", layers={0}, device="cpu", progress=False)
+    runner = CliRunner()
+    args = ["spectrum", "--ref", str(ckpts["base"]), str(ckpts["sft"]), "--modules", "v", "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert not (tmp_path / "home").exists()
+    assert runner.invoke(app, [*args, "--cache", str(tmp_path / "asked")]).exit_code == 0
+    assert len(list((tmp_path / "asked").rglob("*.safetensors"))) == 2  # v of both layers of the reference
+
+
+def test_auto_device_keeps_small_models_on_the_cpu(monkeypatch):
+    from rlheal.spectral.sweep import AUTO_CUDA_MIN_RANK, resolve_device
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert resolve_device("auto", 896).type == "cpu"
+    assert resolve_device("auto", AUTO_CUDA_MIN_RANK).type == "cuda"
+    assert resolve_device("cpu", 10**5).type == "cpu" and resolve_device("cuda:1", 8) == torch.device("cuda:1")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert resolve_device(None, 10**5).type == "cpu"
+
+
+def test_non_finite_target_is_named(ckpts, poked):
+    bad = poked(ckpts["sft"], "model.layers.1.mlp.up_proj.weight", float("inf"), (3, 2))
+    with pytest.raises(WeightsError, match=r"sft-poked: tensor model\.layers\.1\.mlp\.up_proj\.weight has 1 non-finite"):
+        run_spectrum([(ckpts["base"], bad)], device="cpu", progress=False)

@@ -71,11 +71,8 @@ def test_fingerprint_changes_when_weights_are_rewritten(ckpts, tmp_path):
     assert CheckpointWeights(copy).fingerprint() != before
 
 
-def test_non_finite_weights_are_named(ckpts, tmp_path):
-    bad = shutil.copytree(ckpts["base"], tmp_path / "nan")
-    tensors = load_file(bad / "model.safetensors")
-    tensors["model.layers.1.self_attn.v_proj.weight"][0, 0] = float("nan")
-    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+def test_non_finite_weights_are_named(ckpts, poked):
+    bad = poked(ckpts["base"], "model.layers.1.self_attn.v_proj.weight", float("nan"))
     with pytest.raises(WeightsError, match=r"layers\.1\.self_attn\.v_proj.*1 non-finite"):
         CheckpointWeights(bad).load("model.layers.1.self_attn.v_proj.weight")
 

@@ -51,6 +51,13 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
         raise typer.BadParameter(f"--out {path}: use a .csv or .json file")
 
 
+def _cache(folder: Path | None):
+    """The decomposition cache in `folder`, or None (no disk cache) when none was asked for."""
+    from rlheal.spectral import DecompositionCache
+
+    return DecompositionCache(folder) if folder is not None else None
+
+
 def _print_summary(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -77,13 +84,13 @@ def spectrum(
     store: Annotated[Path | None, typer.Option("--store", help="Run folder: its store receives the rows (unless --out) and resolves base/ood-peak.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write rows to FILE.csv or FILE.json (instead of the store).")] = None,
     method: Annotated[str, typer.Option("--method", help="gram64 (fast, float64), svd64 (exact), svd32 (naive).")] = "gram64",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 …")] = "auto",
-    cache: Annotated[Path | None, typer.Option("--cache", help="Decomposition cache folder (default ~/.cache/rlheal/spectral).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present and the matrices have rank ≥ 1024, else CPU), cpu, cuda, cuda:1 …")] = "auto",
+    cache: Annotated[Path | None, typer.Option("--cache", envvar="RLHEAL_SPECTRAL_CACHE", help="Keep reference decompositions in this folder and reuse them in later runs (default: none).")] = None,
     task: Annotated[str | None, typer.Option("--task", help="With --ref ood-peak: the task whose OOD peak to use.")] = None,
 ) -> None:
     """Singular-value drift, principal angles and ΔW energy of each checkpoint's matrices against a reference."""
     from rlheal.models.checkpoint import CheckpointError, find_checkpoints
-    from rlheal.spectral import SPECTRAL, SPECTRAL_SIGMA, DecompositionCache, reference_pairs, run_spectrum
+    from rlheal.spectral import SPECTRAL, SPECTRAL_SIGMA, reference_pairs, run_spectrum
     from rlheal.spectral.linalg import SpectralError
     from rlheal.spectral.weights import WeightsError, parse_layers
     from rlheal.store import Store, StoreError
@@ -95,12 +102,12 @@ def spectrum(
             from rlheal.distributed import distributed_spectrum
 
             rows, sigma_rows = distributed_spectrum(pairs, _parse_sizes(k), modules, parse_layers(layers),
-                                                    method=method, device=device, cache=DecompositionCache(cache))
+                                                    method=method, device=device, cache=_cache(cache))
             if int(os.environ.get("RANK", "0")) != 0:
                 return
         else:
             rows, sigma_rows = run_spectrum(pairs, _parse_sizes(k), modules, parse_layers(layers), method, device,
-                                            DecompositionCache(cache))
+                                            _cache(cache))
     except (CheckpointError, SpectralError, WeightsError, StoreError) as exc:
         raise _fail(exc) from exc
     if out is not None:
@@ -126,13 +133,13 @@ def edit(
     modules: Annotated[str, typer.Option("--modules", help="Modules to edit.")] = MODULES,
     layers: Annotated[str, typer.Option("--layers", help="Decoder layers, e.g. 0-3 (default: all; required for layers mode).")] = "",
     method: Annotated[str, typer.Option("--method", help="gram64, svd64 or svd32.")] = "gram64",
-    device: Annotated[str, typer.Option("--device")] = "auto",
-    cache: Annotated[Path | None, typer.Option("--cache", help="Decomposition cache folder.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present and the matrices have rank ≥ 1024, else CPU), cpu, cuda …")] = "auto",
+    cache: Annotated[Path | None, typer.Option("--cache", envvar="RLHEAL_SPECTRAL_CACHE", help="Keep reference decompositions in this folder and reuse them in later runs (default: none).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Write a new checkpoint: the target with singular values/vectors/triplets or whole layers from the reference."""
     from rlheal.models.checkpoint import CheckpointError
-    from rlheal.spectral import DecompositionCache, edit_checkpoint
+    from rlheal.spectral import edit_checkpoint
     from rlheal.spectral.linalg import SpectralError
     from rlheal.spectral.weights import WeightsError, parse_layers
 
@@ -142,7 +149,7 @@ def edit(
     (top_v,), (tail_v,) = sizes
     try:
         path = edit_checkpoint(ref, target, out, mode, top_v, tail_v, modules if mode != "layers" else None,
-                               parse_layers(layers), method, device, DecompositionCache(cache), overwrite)
+                               parse_layers(layers), method, device, _cache(cache), overwrite)
     except (CheckpointError, SpectralError, WeightsError, FileExistsError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"wrote {path}")

@@ -19,19 +19,12 @@ from rlheal.atomic import write_bytes
 from rlheal.spectral.linalg import Decomposition, decompose
 from rlheal.spectral.weights import CheckpointWeights, WeightInfo
 
-CACHE_ENV = "RLHEAL_SPECTRAL_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """$RLHEAL_SPECTRAL_CACHE, else ~/.cache/rlheal/spectral."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rlheal" / "spectral")
-
 
 class DecompositionCache:
     """Decompositions of checkpoint tensors, computed on `device` and kept on disk under `root`."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
         self.hits = 0
         self.misses = 0
         self._fingerprints: dict[Path, str] = {}

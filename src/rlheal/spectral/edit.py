@@ -102,7 +102,6 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
     if mode not in EDIT_MODES:
         raise SpectralError(f"unknown edit mode {mode!r}; choose one of {EDIT_MODES}")
     ref_w, tgt_w = CheckpointWeights(reference), CheckpointWeights(target)
-    dev = resolve_device(device)
     if mode == "layers":
         if not layers:
             raise SpectralError("layers mode needs --layers (the decoder layers to restore, e.g. 0-3)")
@@ -119,8 +118,8 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
         check_compatible(tgt_w, ref_w, infos)
         names = [i.name for i in infos]
     by_name = {i.name: i for i in infos}
+    dev = resolve_device(device, max((min(i.shape) for i in infos), default=0))
     whole_rank: list[str] = []
-    cache = cache or DecompositionCache()
     out = Path(out)
     with staged_dir(out, overwrite=overwrite) as tmp, _progress(progress) as bar:
         task = bar.add_task(f"edit ({mode})", total=len(names)) if bar else None
@@ -136,10 +135,11 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
                         raise WeightsError(f"{name}: reference shape {tuple(new.shape)} differs from target "
                                            f"{tuple(original.shape)}")
                 else:
-                    new, whole = _edit_tensor(ref_w, tgt_w, by_name[name], mode, top, tail, method, dev, cache)
+                    new, whole = _edit_tensor(ref_w, tgt_w, by_name[name], original, mode, top, tail, method, dev,
+                                              cache)
                     if whole:
                         whole_rank.append(name)
-                tensors[name] = new.to(device="cpu", dtype=original.dtype).contiguous()
+                tensors[name] = new.to(dtype=original.dtype).to(device="cpu").contiguous()
                 if bar:
                     bar.advance(task)
             save_file(tensors, tmp / file, metadata=metadata)
@@ -157,15 +157,21 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
     return out
 
 
-def _edit_tensor(ref_w: CheckpointWeights, tgt_w: CheckpointWeights, info, mode: str, top, tail, method: str,
-                 dev: torch.device, cache: DecompositionCache) -> tuple[torch.Tensor, bool]:
-    """One edited matrix (float64) and whether the edit covered its whole rank; the reference goes through the cache."""
+def _edit_tensor(ref_w: CheckpointWeights, tgt_w: CheckpointWeights, info, stored: torch.Tensor, mode: str, top,
+                 tail, method: str, dev: torch.device, cache: DecompositionCache | None) -> tuple[torch.Tensor, bool]:
+    """One edited matrix (float64 on `dev`) and whether the edit covered its whole rank.
+
+    `stored` is the target's tensor as read from its file; the reference goes through `cache` when given.
+    """
     rank = min(info.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         top_n, tail_n = edit_indices(rank, top, tail, info.name)
     whole = top_n + tail_n >= rank
     W_ref = ref_w.load(info.name, torch.float64, dev)
-    W_t = tgt_w.load(info.name, torch.float64, dev)
-    dec_ref = None if whole and mode == "triplets" else cache.get(ref_w, info, method, top_n, tail_n, dev, matrix=W_ref)
+    W_t = tgt_w.upload(info.name, stored, torch.float64, dev)
+    dec_ref = None
+    if not (whole and mode == "triplets"):
+        dec_ref = (cache.get(ref_w, info, method, top_n, tail_n, dev, matrix=W_ref) if cache is not None
+                   else decompose(W_ref, method, top=top_n, tail=tail_n))
     return edit_matrix(W_ref, W_t, mode, top, tail, method, info.name, dec_ref=dec_ref), whole

@@ -1,15 +1,17 @@
-"""Pure tensor functions of the spectral room: decompositions, principal angles, σ drift, ΔW block energy.
+"""Pure tensor functions of the spectral room: decompositions, σ drift, ΔW block energy, error bounds.
 
 Conventions: W = U Σ Vᵀ with σ descending; r = min(m, n) is the rank of the thin SVD; "top-k" are the
 singular directions of the k largest σ, "tail-k" those of the k smallest of the r. The null space of a
 short-wide (or tall-thin) matrix is never part of a tail: only the r thin singular vectors count.
-Everything here takes and returns torch tensors and runs on whatever device they live on.
+Everything here takes and returns torch tensors and runs on whatever device they live on. Principal angles
+are in `rlheal.spectral.angles`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,12 @@ METHODS = ("gram64", "svd64", "svd32")
 # Below this σ_min/σ_max the Gram route loses more than ~1e-8 relative accuracy in σ_min's vectors:
 # such matrices are decomposed with the full float64 SVD instead.
 GRAM_MIN_RCOND = 1e-6
+
+
+def column_norms(X: torch.Tensor) -> torch.Tensor:
+    """Euclidean norms of the columns of X (..., n, k) → (..., k); sqrt of summed squares (torch's
+    `vector_norm` over dim -2 is several times slower on the CPU, and weights never reach 1e150)."""
+    return (X * X).sum(-2).sqrt()
 
 
 class SpectralError(ValueError):
@@ -108,39 +116,46 @@ class Decomposition:
                              self.method)
 
 
-def _keep(U: torch.Tensor, V: torch.Tensor, sigma: torch.Tensor, top: int | None, tail: int,
-          method: str) -> Decomposition:
-    r = sigma.numel()
+def _kept_columns(r: int, top: int | None, tail: int) -> tuple[torch.Tensor | None, int, int]:
+    """(column indices into the descending-σ order, top, tail) to keep; None keeps all r (top = r, tail = 0)."""
     top = r if top is None else top
     if top + tail >= r:
-        return Decomposition(sigma, U.contiguous(), V.contiguous(), r, 0, method)
-    cols = torch.cat([torch.arange(top), torch.arange(r - tail, r)]).to(U.device)
-    return Decomposition(sigma, U[:, cols].contiguous(), V[:, cols].contiguous(), top, tail, method)
+        return None, r, 0
+    return torch.cat([torch.arange(top), torch.arange(r - tail, r)]), top, tail
 
 
 def _svd(W: torch.Tensor, dtype: torch.dtype, top: int | None, tail: int, method: str) -> Decomposition:
     U, S, Vh = torch.linalg.svd(W.to(dtype), full_matrices=False)
-    return _keep(U, Vh.mT, S, top, tail, method)
+    cols, top, tail = _kept_columns(S.numel(), top, tail)
+    V = Vh.mT
+    if cols is not None:
+        cols = cols.to(U.device)
+        U, V = U[:, cols], V[:, cols]
+    return Decomposition(S, U.contiguous(), V.contiguous(), top, tail, method)
 
 
 def _gram(W: torch.Tensor, top: int | None, tail: int) -> Decomposition | None:
     """SVD from the float64 eigendecomposition of the short side's Gram matrix; None if W is too ill-conditioned.
 
     Short-side vectors Q come from eigh(W Wᵀ) (or WᵀW); the long side P = Wᵀ Q gives σ_i = ‖P_i‖ (accurate
-    to second order in Q's error, unlike sqrt of the eigenvalues) and the long-side vectors P_i / σ_i.
+    to second order in Q's error, unlike sqrt of the eigenvalues) and the long-side vectors P_i / σ_i. Only
+    the kept columns are gathered and scaled.
     """
     W = W.to(torch.float64)
     wide = W.shape[0] <= W.shape[1]
     A = W if wide else W.mT  # A is short-wide: (r × long)
     _, Q = torch.linalg.eigh(A @ A.mT)
     P = A.mT @ Q
-    sigma = torch.linalg.vector_norm(P, dim=0)
+    sigma = column_norms(P)
     sigma, order = torch.sort(sigma, descending=True)
-    if sigma[0] == 0 or sigma[-1] < GRAM_MIN_RCOND * sigma[0]:
+    if bool((sigma[0] == 0) | (sigma[-1] < GRAM_MIN_RCOND * sigma[0])):
         return None
-    Q, P = Q[:, order], P[:, order] / sigma
+    cols, top, tail = _kept_columns(sigma.numel(), top, tail)
+    chosen = order if cols is None else order[cols.to(order.device)]
+    scale = sigma if cols is None else sigma[cols.to(sigma.device)]
+    Q, P = Q[:, chosen], P[:, chosen] / scale
     U, V = (Q, P) if wide else (P, Q)
-    return _keep(U, V, sigma, top, tail, "gram64")
+    return Decomposition(sigma, U.contiguous(), V.contiguous(), top, tail, "gram64")
 
 
 def decompose(W: torch.Tensor, method: str = "gram64", top: int | None = None, tail: int = 0) -> Decomposition:
@@ -167,55 +182,6 @@ def decompose(W: torch.Tensor, method: str = "gram64", top: int | None = None, t
     raise SpectralError(f"unknown decomposition method {method!r}; choose one of {METHODS}")
 
 
-def _orthonormal_basis(A: torch.Tensor, name: str) -> torch.Tensor:
-    """An orthonormal basis of span(A) by Householder QR; A must have full column rank."""
-    if A.ndim != 2 or A.shape[1] == 0 or A.shape[1] > A.shape[0]:
-        raise SpectralError(f"{name} must be an n × k basis with 1 ≤ k ≤ n, got shape {tuple(A.shape)}")
-    Q, R = torch.linalg.qr(A)
-    diag = R.diagonal().abs()
-    scale = float(torch.linalg.matrix_norm(A))
-    if not bool(torch.isfinite(diag).all()) or float(diag.min()) <= 10 * A.shape[0] * EPS64 * scale:
-        raise SpectralError(f"{name} is not of full column rank (or not finite): principal angles need "
-                            "linearly independent basis vectors")
-    return Q
-
-
-def principal_angles(A, B):
-    """Principal angles (radians, ascending) between span(A) and span(B), min(k_A, k_B) of them.
-
-    A (n × k_A) and B (n × k_B) are orthonormal or any full-column-rank bases (orthonormalised by QR).
-    Knyazev–Argentati sine/cosine method: angles below π/4 from the singular values of the residual
-    (B − A AᵀB), accurate for tiny angles; larger ones from arccos of the singular values of AᵀB. Matches
-    `scipy.linalg.subspace_angles` (which returns them descending). Accepts numpy arrays (returns numpy) or
-    torch tensors (returns a float64 tensor on their device).
-    """
-    as_numpy = not isinstance(A, torch.Tensor)
-    A_t = torch.as_tensor(A, dtype=torch.float64)
-    B_t = torch.as_tensor(B, dtype=torch.float64, device=A_t.device)
-    if A_t.ndim != 2 or B_t.ndim != 2 or A_t.shape[0] != B_t.shape[0]:
-        raise SpectralError(f"bases must be 2-D with the same number of rows, got {tuple(A_t.shape)} and "
-                            f"{tuple(B_t.shape)}")
-    theta = angles_between_orthonormal(_orthonormal_basis(A_t, "A"), _orthonormal_basis(B_t, "B"))
-    return theta.cpu().numpy() if as_numpy else theta
-
-
-def angles_between_orthonormal(Qa: torch.Tensor, Qb: torch.Tensor) -> torch.Tensor:
-    """`principal_angles` for bases already orthonormal (not checked): ascending radians, float64."""
-    if Qa.shape[1] < Qb.shape[1]:
-        Qa, Qb = Qb, Qa
-    cross = Qa.mT @ Qb
-    cosines = torch.linalg.svdvals(cross).clamp(-1.0, 1.0)  # descending -> angles ascending
-    sines = torch.linalg.svdvals(Qb - Qa @ cross).clamp(-1.0, 1.0).flip(0)  # ascending
-    small = cosines**2 >= 0.5
-    theta = torch.where(small, torch.arcsin(sines), torch.arccos(cosines))
-    return torch.sort(theta).values
-
-
-def projection_distance(theta: torch.Tensor) -> float:
-    """‖P_A − P_B‖_F = sqrt(2 Σ sin²θ_i) for equal-dimension subspaces with principal angles θ (stable for tiny θ)."""
-    return math.sqrt(2.0) * float(torch.linalg.vector_norm(torch.sin(theta)))
-
-
 def sigma_drift(sigma_ref: torch.Tensor, sigma_target: torch.Tensor) -> torch.Tensor:
     """(σ_t,i − σ_b,i) / σ_b,i per index; NaN where σ_b,i is zero (no relative drift is defined there)."""
     if sigma_ref.shape != sigma_target.shape:
@@ -225,18 +191,22 @@ def sigma_drift(sigma_ref: torch.Tensor, sigma_target: torch.Tensor) -> torch.Te
     return torch.where(ref > 0, out, torch.full_like(out, math.nan))
 
 
-def block_energy(delta: torch.Tensor, U_k: torch.Tensor, V_k: torch.Tensor) -> tuple[float, float]:
-    """Shares of ‖ΔW‖_F² inside the block C = U_kᵀ ΔW V_k: (‖diag C‖², ‖C‖_F² − ‖diag C‖²) / ‖ΔW‖_F².
+def block_energy(delta: torch.Tensor, U: torch.Tensor, V: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """Shares of ‖ΔW‖_F² inside the blocks C_k = U[:, :k]ᵀ ΔW V[:, :k], one row (diagonal, off-diagonal) per k.
 
-    The diagonal share is rescaling of the reference directions, the off-diagonal share rotation among them.
-    A zero ΔW gives (0, 0).
+    The diagonal share ‖diag C_k‖²/‖ΔW‖_F² is rescaling of the reference directions, the off-diagonal share
+    (‖C_k‖_F² − ‖diag C_k‖²)/‖ΔW‖_F² rotation among them. One product for the largest k serves every k; a zero
+    ΔW gives zeros. A (len(ks), 2) float64 tensor on ΔW's device (no host sync).
     """
-    total = float(torch.linalg.matrix_norm(delta) ** 2)
-    if total == 0.0:
-        return 0.0, 0.0
-    C = U_k.mT @ delta @ V_k
-    diag = float((C.diagonal() ** 2).sum())
-    return diag / total, max(float((C**2).sum()) - diag, 0.0) / total
+    kmax = max(ks)
+    C = U[:, :kmax].mT @ (delta @ V[:, :kmax])
+    total = (delta * delta).sum()
+    square = (C**2).cumsum(0).cumsum(1)  # square[k-1, k-1] = ‖C_k‖_F²
+    diag = (C.diagonal() ** 2).cumsum(0)
+    index = torch.tensor(ks, device=C.device) - 1
+    inside, on_diag = square[index, index], diag[index]
+    shares = torch.stack([on_diag, (inside - on_diag).clamp(min=0)], dim=1)
+    return torch.where(total > 0, shares / total.clamp(min=torch.finfo(total.dtype).tiny), 0.0)
 
 
 def angle_error_bound(sigma: torch.Tensor, split: int, method: str) -> float:

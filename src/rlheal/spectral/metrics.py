@@ -13,15 +13,8 @@ from typing import Any
 
 import torch
 
-from rlheal.spectral.linalg import (
-    Decomposition,
-    angle_error_bound,
-    angles_between_orthonormal,
-    block_energy,
-    projection_distance,
-    resolve_k,
-    sigma_drift,
-)
+from rlheal.spectral.angles import subspace_angles
+from rlheal.spectral.linalg import Decomposition, angle_error_bound, block_energy, resolve_k, sigma_drift
 from rlheal.store import Table
 
 ANGLE_SETS = ("top_left", "top_right", "tail_left", "tail_right")
@@ -56,50 +49,61 @@ def k_label(k: int | float) -> str:
 
 
 def _finite_or_none(values: torch.Tensor) -> list[float | None]:
-    return [None if math.isnan(v) else v for v in values.cpu().tolist()]
+    return [None if math.isnan(v) else v for v in values.tolist()]
+
+
+def _angle_stats(dec_ref: Decomposition, dec_t: Decomposition, k: int) -> torch.Tensor:
+    """(max, mean, projection distance) of the angle sets in ANGLE_SETS order, as a (4, 3) tensor."""
+    stats = []
+    for part in ("top", "tail"):
+        ref, target = getattr(dec_ref, f"{part}_vectors")(k), getattr(dec_t, f"{part}_vectors")(k)
+        for side in (0, 1):  # left (U), right (V)
+            theta, proj = subspace_angles(ref[side], target[side])
+            stats.append(torch.stack([theta.max(), theta.mean(), proj]))
+    return torch.stack(stats)
 
 
 def matrix_metrics(name: str, W_ref: torch.Tensor, dec_ref: Decomposition, W_t: torch.Tensor,
                    dec_t: Decomposition, ks: Sequence[int | float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Metric rows (one per k) and the σ row of one matrix; decompositions must hold max(k) top/tail vectors.
 
-    Angles are in radians; the projection distance of each subspace pair is sqrt(2 Σ sin²θ). σ indices where
-    the reference σ is zero have no relative drift and are left out of the means.
+    Angles are in radians; the projection distance of each subspace pair is ‖P_b − P_t‖_F. σ indices where
+    the reference σ is zero have no relative drift and are left out of the means. Everything is computed
+    on the tensors' device and brought to the host in one transfer.
     """
-    drift = sigma_drift(dec_ref.sigma, dec_t.sigma)
-    finite = drift[~torch.isnan(drift)].abs()
+    counts = [resolve_k(k, dec_ref.rank, name) for k in ks]
+    distinct = sorted(set(counts))
     delta = W_t - W_ref
-    ref_norm = float(torch.linalg.matrix_norm(W_ref))
+    norms = torch.stack([(delta * delta).sum(), (W_ref * W_ref).sum()]).sqrt()
+    shares = block_energy(delta, *dec_ref.top_vectors(distinct[-1]), distinct)
+    angles = torch.stack([_angle_stats(dec_ref, dec_t, k) for k in distinct])
+    r = dec_ref.rank
+    host = torch.cat([norms, shares.flatten(), angles.flatten(), dec_ref.sigma, dec_t.sigma]).cpu()
+    delta_norm, ref_norm = host[:2].tolist()
+    shares_h = host[2 : 2 + shares.numel()].view(shares.shape).tolist()
+    offset = 2 + shares.numel()
+    angles_h = host[offset : offset + angles.numel()].view(angles.shape).tolist()
+    sigma_ref, sigma_t = host[-2 * r : -r], host[-r:]
+    drift = sigma_drift(sigma_ref, sigma_t)
+    finite = drift[~torch.isnan(drift)].abs()
     common = {
         "mean_abs_rel_sigma_drift": float(finite.mean()) if finite.numel() else math.nan,
         "max_abs_rel_sigma_drift": float(finite.max()) if finite.numel() else math.nan,
-        "delta_rel_norm": float(torch.linalg.matrix_norm(delta)) / ref_norm if ref_norm else math.nan,
+        "delta_rel_norm": delta_norm / ref_norm if ref_norm else math.nan,
     }
     rows = []
-    for k in ks:
-        kk = resolve_k(k, dec_ref.rank, name)
-        pairs = {
-            "top_left": (dec_ref.top_vectors(kk)[0], dec_t.top_vectors(kk)[0]),
-            "top_right": (dec_ref.top_vectors(kk)[1], dec_t.top_vectors(kk)[1]),
-            "tail_left": (dec_ref.tail_vectors(kk)[0], dec_t.tail_vectors(kk)[0]),
-            "tail_right": (dec_ref.tail_vectors(kk)[1], dec_t.tail_vectors(kk)[1]),
-        }
+    for k, kk in zip(ks, counts, strict=True):
+        i = distinct.index(kk)
         row: dict[str, Any] = {"k_label": k_label(k), "k": kk, **common}
-        for label, (A, B) in pairs.items():
-            theta = angles_between_orthonormal(A, B)
-            row[f"{label}_max"] = float(theta.max())
-            row[f"{label}_mean"] = float(theta.mean())
-            row[f"{label}_proj"] = projection_distance(theta)
-        U_k, V_k = dec_ref.top_vectors(kk)
-        row["diag_share"], row["offdiag_share"] = block_energy(delta, U_k, V_k)
-        r = dec_ref.rank
+        for label, (theta_max, theta_mean, proj) in zip(ANGLE_SETS, angles_h[i], strict=True):
+            row[f"{label}_max"], row[f"{label}_mean"], row[f"{label}_proj"] = theta_max, theta_mean, proj
+        row["diag_share"], row["offdiag_share"] = shares_h[i]
         row["angle_error_bound"] = max(
-            angle_error_bound(dec.sigma, split, dec.method)
-            for dec in (dec_ref, dec_t) for split in (kk, r - kk)
+            angle_error_bound(sigma, split, dec.method)
+            for dec, sigma in ((dec_ref, sigma_ref), (dec_t, sigma_t)) for split in (kk, r - kk)
         )
         rows.append(row)
-    sigma_row = {"sigma_ref": dec_ref.sigma.cpu().tolist(), "sigma_target": dec_t.sigma.cpu().tolist(),
-                 "rel_drift": _finite_or_none(drift)}
+    sigma_row = {"sigma_ref": sigma_ref.tolist(), "sigma_target": sigma_t.tolist(), "rel_drift": _finite_or_none(drift)}
     return rows, sigma_row
 
 

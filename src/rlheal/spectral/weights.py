@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,25 +153,33 @@ class CheckpointWeights:
         return sorted(out, key=lambda i: (i.layer if i.layer is not None else -1, MODULES.index(i.module)
                                           if i.module in MODULES else 99, i.name))
 
-    def load(self, name: str, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> torch.Tensor:
-        """One tensor upcast to `dtype` on `device`; non-finite values are an error naming the tensor."""
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor as stored (its dtype, on the CPU): the disk read, e.g. for a prefetching thread."""
         file = self.all_names.get(name)
         if file is None:
             raise WeightsError(f"{self.folder} has no tensor {name!r}")
         with safe_open(self.folder / file, framework="pt", device="cpu") as fh:
-            tensor = fh.get_tensor(name)
-        tensor = tensor.to(device=device, dtype=dtype)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return fh.get_tensor(name)
+
+    def upload(self, name: str, stored: torch.Tensor, dtype: torch.dtype = torch.float64,
+               device: str | torch.device = "cpu") -> torch.Tensor:
+        """`stored` (from `read`) moved to `device` as stored, upcast there to `dtype` and checked finite.
+
+        Non-finite values are an error naming the tensor.
+        """
+        tensor = stored.to(device, non_blocking=stored.is_pinned()).to(dtype)
+        # any NaN/inf makes the sum non-finite; only then are the bad values counted (an overflowing sum of
+        # finite values counts none)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.sum())):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise WeightsError(f"{self.folder}: tensor {name} has {bad} non-finite values (NaN/inf); the "
-                               "checkpoint is corrupt or diverged: drop it from the sweep")
+            if bad:
+                raise WeightsError(f"{self.folder}: tensor {name} has {bad} non-finite values (NaN/inf); the "
+                                   "checkpoint is corrupt or diverged: drop it from the sweep")
         return tensor
 
-    def iter_matrices(self, infos: Iterable[WeightInfo], dtype: torch.dtype = torch.float64,
-                      device: str | torch.device = "cpu") -> Iterator[tuple[WeightInfo, torch.Tensor]]:
-        """Yield (info, matrix) one at a time, so only one matrix is in memory per checkpoint."""
-        for info in infos:
-            yield info, self.load(info.name, dtype, device)
+    def load(self, name: str, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> torch.Tensor:
+        """One tensor upcast to `dtype` on `device` (`read` then `upload`); non-finite values are an error."""
+        return self.upload(name, self.read(name), dtype, device)
 
 
 def check_compatible(reference: CheckpointWeights, target: CheckpointWeights, infos: Iterable[WeightInfo]) -> None:
