@@ -47,15 +47,22 @@ def study(
     typer.echo(f"done: report at {report_path}")
 
 
-def report(run: Annotated[Path, typer.Argument(help="a run folder holding results.sqlite")]) -> None:
-    """Rebuild RUN/report.html and RUN/report/*.png from the results store alone."""
+def report(
+    run: Annotated[Path, typer.Argument(help="a run folder holding results.sqlite")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the report here (default RUN/report.html; "
+                                             "its figures go to report/ beside it)")] = None,
+) -> None:
+    """Rebuild RUN/report.html and RUN/report/*.png from the results store alone (read, never written)."""
     from rlheal.report import build_report
     from rlheal.store import StoreError
 
     try:
-        path = build_report(run)
+        path = build_report(run, out)
     except StoreError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot write the report ({exc}); give --out FILE in a folder you can write", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"report written to {path}")
 

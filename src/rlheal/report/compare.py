@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlheal.atomic import write_bytes
+from rlheal.paths import plain_name
 from rlheal.report.seeds import Pooled, SeedFindings, layer_spectra, seed_findings, seed_interval
 from rlheal.store import Store, StoreError
 
@@ -101,7 +102,7 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
     for folder in run_folders:
         if not (Path(folder) / "results.sqlite").exists():
             raise StoreError(f"{folder} holds no results store (results.sqlite): run `rlheal study` there first")
-        with Store(folder) as store:
+        with Store(folder, readonly=True) as store:
             runs.append((store.rows(EVALS), store.rows(SPECTRAL)))
     tasks = tasks or sorted({r["task"] for evals, _ in runs for r in evals})
     found = [seed_findings([evals for evals, _ in runs], task) for task in tasks]
@@ -126,6 +127,6 @@ def _write_figure(f: SeedFindings, layers: dict[int, tuple[float, float, int]], 
     from rlheal.report.figures import to_png
     from rlheal.report.seed_figures import findings_figure
 
-    path = folder / f"findings-{f.task}.png"
+    path = folder / plain_name(f"findings-{f.task}.png", "a figure named after a task of the store")
     write_bytes(path, to_png(findings_figure(f, layers, k_label)))
     return f"![{f.task}: the four findings over {f.runs} run(s)]({Path(os.path.relpath(path, links_from)).as_posix()})"

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rlheal.report.figures import SPLIT_COLORS  # noqa: E402
+from rlheal.report.figures import SPLIT_COLORS, plain  # noqa: E402
 from rlheal.report.seeds import Pooled, SeedFindings  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def _sft_panel(ax: Axes, f: SeedFindings) -> None:
     ax.set_xlabel("SFT step")
     ax.set_ylabel("episodes solved (%)")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"1. {f.task}: success during SFT (95 % Wilson bands)")
+    ax.set_title(f"1. {plain(f.task)}: success during SFT (95 % Wilson bands)")
     ax.legend(fontsize=7, loc="best")
 
 
@@ -61,7 +61,7 @@ def _rl_panel(ax: Axes, f: SeedFindings) -> None:
     ax.set_xticks(x, [f"{s}\n({len(f.rl[s][1].per_run)} run(s))" for s in starts], fontsize=8)
     ax.set_xlabel("SFT step RL started from")
     ax.set_ylabel("OOD episodes solved (%)")
-    ax.set_title(f"2. {f.task}: OOD before and after RL on ID")
+    ax.set_title(f"2. {plain(f.task)}: OOD before and after RL on ID")
     if not starts:
         ax.text(0.5, 0.5, "no RL rows", ha="center", va="center", transform=ax.transAxes)
     ax.legend(fontsize=7, loc="best")
@@ -78,7 +78,7 @@ def _spectra_panel(ax: Axes, layers: dict[int, tuple[float, float, int]], k_labe
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("singular-value drift (%)", color="#1f77b4")
     twin.set_ylabel("rotation of singular vectors (°)", color="#d62728")
-    ax.set_title(f"3. last SFT checkpoint vs base, per layer ({k_label})")
+    ax.set_title(f"3. last SFT checkpoint vs base, per layer ({plain(k_label)})")
     if not layers:
         ax.text(0.5, 0.5, "no spectral rows", ha="center", va="center", transform=ax.transAxes)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -90,9 +90,9 @@ def _edits_panel(ax: Axes, f: SeedFindings) -> None:
     bars += [(kind, by_split["ood"], "#9467bd") for kind, by_split in f.edits.items() if "ood" in by_split]
     y, err = _rates([p for _, p, _ in bars])
     ax.bar(range(len(bars)), y, color=[c for _, _, c in bars], yerr=err, capsize=3)
-    ax.set_xticks(range(len(bars)), [name for name, _, _ in bars], rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(len(bars)), [plain(name) for name, _, _ in bars], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("OOD episodes solved (%)")
-    ax.set_title(f"4. {f.task}: edits of the last SFT checkpoint")
+    ax.set_title(f"4. {plain(f.task)}: edits of the last SFT checkpoint")
 
 
 def findings_figure(f: SeedFindings, layers: dict[int, tuple[float, float, int]], k_label: str) -> Figure:
@@ -104,6 +104,6 @@ def findings_figure(f: SeedFindings, layers: dict[int, tuple[float, float, int]]
     _edits_panel(axes[1][1], f)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{f.task}: the paper's findings over {f.runs} run(s), episodes pooled")
+    fig.suptitle(f"{plain(f.task)}: the paper's findings over {f.runs} run(s), episodes pooled")
     fig.tight_layout()
     return fig
