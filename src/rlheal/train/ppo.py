@@ -325,6 +325,7 @@ def train_ppo(
     from rlheal.provenance import stable_hash
     from rlheal.rollout import Decoding, HFBackend, play
     from rlheal.tasks.base import Task
+    from rlheal.train.ledger import record_update
     from rlheal.train.rl_math import (
         clipped_surrogate,
         clipped_value_loss,
@@ -453,8 +454,7 @@ def train_ppo(
                 no_signal=no_signal, seconds=time.perf_counter() - began)
             rows.append(row)
             if accelerator.is_main_process:
-                if store is not None:
-                    store.put(RL_UPDATES, [row])
+                record_update(store, out, row)
                 if on_update is not None:
                     on_update(row)
                 if update % config.save_every == 0 or update == config.updates:
