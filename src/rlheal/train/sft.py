@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rlheal.atomic import write_text
@@ -40,6 +39,7 @@ from rlheal.provenance import stable_hash
 from rlheal.store import Store, Table
 from rlheal.tasks.base import PROFILES, check_names
 from rlheal.train.schedule import ScheduleError, resolve_schedule
+from rlheal.yaml_input import YamlInputError, load_yaml_file
 
 LOSSES = Table(
     name="losses",
@@ -107,12 +107,12 @@ class SFTConfig(BaseModel):
 def load_sft_config(path: str | Path) -> SFTConfig:
     """Read and validate a YAML SFT config (an optional top-level `sft:` section is accepted)."""
     path = Path(path)
-    if not path.is_file():
-        raise SFTConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SFTConfigError(f"{path} is not valid YAML: {exc}") from exc
+        data = load_yaml_file(path)
+    except YamlInputError as exc:
+        raise SFTConfigError(str(exc)) from None
+    if data is None:
+        raise SFTConfigError(f"{path} holds no settings: write the SFT fields (see rlheal.train.sft.SFTConfig)")
     if isinstance(data, dict) and isinstance(data.get("sft"), dict):
         data = data["sft"]
     if not isinstance(data, dict):
@@ -272,7 +272,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
             losses = {key: answer_loss(trainer.model_wrapped, tokenizer, pairs) for key, pairs in loss_sets.items()}
             if trainer.is_world_process_zero():
                 if step not in saved:
-                    manifest = Manifest(stage="sft", step=step, parent=str(start.absolute()), seed=cfg.seed,
+                    manifest = Manifest(stage="sft", step=step, parent=str(start.resolve()), seed=cfg.seed,
                                         config_hash=chash, extra={"tasks": cfg.tasks, "profile": cfg.profile})
                     unwrapped = trainer.accelerator.unwrap_model(trainer.model_wrapped)
                     save_model(unwrapped, tokenizer, folder, manifest, overwrite=False, state_dict=state_dict)
