@@ -132,3 +132,17 @@ def test_a_manifest_records_the_digest_of_every_weight_file(tmp_path, tiny_check
     weights = read_manifest(tiny_checkpoint).weights
     data = (tiny_checkpoint / "model.safetensors").read_bytes()
     assert weights == {"model.safetensors": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+
+
+def test_rl_from_a_start_whose_manifest_names_a_place_outside_the_run_is_refused(tmp_path, make_tiny_checkpoint):
+    from rlheal.train.sweep import SweepError, run_sweep
+
+    start = make_tiny_checkpoint(tmp_path / "run" / "sft" / "step-000040", step=40)
+    data = json.loads((start / "rlheal_manifest.json").read_text())
+    data["extra"]["name"] = "../../escaped"
+    (start / "rlheal_manifest.json").write_text(json.dumps(data))
+    with pytest.raises(SweepError, match="not a plain name"):
+        run_sweep(tmp_path / "run" / "sft", tmp_path / "run", steps=[40], overrides={"updates": 1},
+                  show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["sft"]

@@ -12,6 +12,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from rlheal.cli.text import plain
+
 STORE_HELP = ("run folder whose results.sqlite receives the rows; default: the nearest folder at or above the "
               "first path that already holds one, else the first path (a folder of checkpoints) or its parent")
 TABLE_COLUMNS = ("label", "stage", "step", "task", "split", "success_rate", "ci_low", "ci_high", "n_episodes",
@@ -159,13 +161,6 @@ def _print_rl_table(rows: list[dict[str, Any]]) -> None:
                       pct(r["id_before"]), pct(r["id_after"]), pct(r["ood_before"]), pct(r["ood_after"]),
                       "-" if gain is None else f"{100 * gain:+.1f}")
     Console(width=None if sys.stdout.isatty() else 200).print(table)
-
-
-def plain(value: Any) -> Any:
-    """A table cell that Rich shows as the text itself (stored strings may hold `[...]` markup)."""
-    from rich.text import Text
-
-    return Text(str(value))
 
 
 def _fail(message: str) -> NoReturn:
