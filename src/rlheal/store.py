@@ -224,6 +224,7 @@ class Store:
             raise StoreError(f"{self.path} was opened read-only: cannot delete from table {table.name}")
         if not where:
             raise ValueError(f"table {table.name}: delete needs at least one column value")
+        self._ensure(table)
         clause, values = self._where(table, where)
         with self._conn:
             return self._conn.execute(f'DELETE FROM "{table.name}" WHERE {clause}', values).rowcount
