@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,5 +80,5 @@ def test_what_a_config_cannot_do_is_found_before_the_run_folder_is_claimed(tmp_p
     args = ["study", "--config", str(QUICK), "--out", str(out), "--quiet"]
     result = CliRunner().invoke(app, [*args, *(a for s in settings for a in ("--set", s))])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert __import__("re").search(match, result.output), result.output
+    assert re.search(match, result.output), result.output
     assert not out.exists() and not (tmp_path / "cache").exists()

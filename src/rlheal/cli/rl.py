@@ -46,6 +46,7 @@ def rl(
     from rlheal.atomic import clean_stale
     from rlheal.lock import RunLockedError, run_lock
     from rlheal.models.checkpoint import CheckpointError
+    from rlheal.train.ledger import LedgerError
     from rlheal.train.ppo import ResumeError
     from rlheal.train.sweep import SweepError, make_config, run_sweep
 
@@ -65,7 +66,7 @@ def rl(
                                 eval_episodes=eval_episodes, eval_seed=eval_seed)
     except ValidationError as exc:
         raise typer.BadParameter(f"invalid {algo} setting: {exc}") from exc
-    except (SweepError, ResumeError, RunLockedError, CheckpointError) as exc:
+    except (SweepError, ResumeError, RunLockedError, CheckpointError, LedgerError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     from rich.console import Console
     from rich.table import Table

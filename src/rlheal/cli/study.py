@@ -54,12 +54,13 @@ def run_errors() -> tuple[type[Exception], ...]:
     from rlheal.paths import UnsafePathError
     from rlheal.store import StoreError
     from rlheal.study import StudyError
+    from rlheal.train.ledger import LedgerError
     from rlheal.train.ppo import ResumeError
     from rlheal.train.sft import SFTConfigError
     from rlheal.train.sweep import SweepError
 
     return (StudyError, RunLockedError, CheckpointError, SFTConfigError, StoreError, ResumeError, SweepError,
-            UnsafePathError)
+            UnsafePathError, LedgerError)
 
 
 def report(

@@ -10,6 +10,7 @@ later row of the same update (a resumed run redid it) replaces an earlier one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,11 @@ from rlheal.store import Store
 
 LEDGER = "rl_updates.jsonl"
 _PATHS = ("run_id", "start")  # filled in from where the run is when its rows are restored
+log = logging.getLogger("rlheal.ledger")
+
+
+class LedgerError(ValueError):
+    """A ledger line that does not fit the `rl_updates` table; the message names the file and what to do."""
 
 
 def record_update(store: Store | None, out: str | Path, row: dict[str, Any]) -> None:
@@ -53,16 +59,21 @@ def ledger_rows(out: str | Path) -> dict[int, dict[str, Any]]:
 
 def restore_updates(store: Store, out: str | Path, start: str | Path) -> int:
     """Put back into `store` the ledger rows of OUT (RL from `start`) that it lacks, for the updates up to
-    OUT's last checkpoint; returns how many. ValueError (naming the ledger) for a row that does not fit."""
+    OUT's last checkpoint; returns how many. LedgerError for a row that does not fit; a warning names the
+    updates neither holds (a run trained before ledgers were kept)."""
     from rlheal.models.checkpoint import read_manifest
     from rlheal.train.ppo import RL_UPDATES, rl_checkpoints
 
     out = Path(out).resolve()
     last = max((read_manifest(c).step for c in rl_checkpoints(out)), default=0)
     run_id, begin = str(out), str(Path(start).resolve())
-    missing = [{**row, "run_id": run_id, "start": begin} for update, row in sorted(ledger_rows(out).items())
-               if update <= last and not store.has(RL_UPDATES, run_id=run_id, update=update)]
+    stored = {r["update"] for r in store.rows(RL_UPDATES, run_id=run_id)}
+    kept = {u: row for u, row in ledger_rows(out).items() if u <= last and u not in stored}
     try:
-        return store.put(RL_UPDATES, missing)
+        store.put(RL_UPDATES, [{**row, "run_id": run_id, "start": begin} for _, row in sorted(kept.items())])
     except ValueError as exc:
-        raise ValueError(f"{out / LEDGER}: {exc}; fix or delete that line and rerun") from None
+        raise LedgerError(f"{out / LEDGER}: {exc}; fix or delete that line and rerun") from None
+    if lost := sorted(set(range(1, last + 1)) - stored - set(kept)):
+        log.warning("%s: no row of updates %s in the store or its ledger; move that folder aside and rerun to "
+                    "train it again", out, lost)
+    return len(kept)
