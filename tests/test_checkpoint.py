@@ -107,3 +107,42 @@ def test_weights_sha256_is_the_files_sha256_and_tracks_every_weight(tmp_path, ma
     assert weights_sha256(shards) == expected  # shards are read in name order
     with pytest.raises(CheckpointError, match="does not exist"):
         weights_sha256(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"step": "abc"}, "step is str 'abc', not int"),
+    ({"step": True}, "step is bool"),
+    ({"stage": "../../X"}, "stage '../../X' is not a plain name"),
+    ({"extra": {"name": "../../X"}}, r"extra.name '../../X' is not a plain name"),
+    ({"extra": {"name": "[/bold]"}}, "not a plain name"),
+    ({"weights": {"../model.safetensors": {"sha256": "0" * 64, "bytes": 1}}}, "not a relative path inside"),
+    ({"parent": 7}, "parent is int"),
+])
+def test_manifest_fields_of_the_wrong_kind_are_refused(tmp_path, change, match):
+    write_manifest(tmp_path, Manifest(stage="rl", step=1, extra={"name": "sft-8+ppo-1"}))
+    data = json.loads((tmp_path / "rlheal_manifest.json").read_text())
+    (tmp_path / "rlheal_manifest.json").write_text(json.dumps({**data, **change}))
+    with pytest.raises(CheckpointError, match=match):
+        read_manifest(tmp_path)
+
+
+def test_a_manifest_records_the_digest_of_every_weight_file(tmp_path, tiny_checkpoint):
+    import hashlib
+
+    weights = read_manifest(tiny_checkpoint).weights
+    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    assert weights == {"model.safetensors": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+
+
+def test_rl_from_a_start_whose_manifest_names_a_place_outside_the_run_is_refused(tmp_path, make_tiny_checkpoint):
+    from rlheal.train.sweep import SweepError, run_sweep
+
+    start = make_tiny_checkpoint(tmp_path / "run" / "sft" / "step-000040", step=40)
+    data = json.loads((start / "rlheal_manifest.json").read_text())
+    data["extra"]["name"] = "../../escaped"
+    (start / "rlheal_manifest.json").write_text(json.dumps(data))
+    with pytest.raises(SweepError, match="not a plain name"):
+        run_sweep(tmp_path / "run" / "sft", tmp_path / "run", steps=[40], overrides={"updates": 1},
+                  show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["sft"]

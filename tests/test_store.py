@@ -105,3 +105,41 @@ def test_a_store_written_with_absolute_paths_is_converted_in_place_then_moves(tm
     with Store(tmp_path / "moved") as store:
         assert store.rows(PATHS) == [
             {"checkpoint": str(tmp_path / "moved" / "sft" / "checkpoint-24"), "parent": "/models/base", "score": 1.0}]
+
+
+def test_values_are_checked_against_their_column_types_on_the_way_in(tmp_path):
+    store = Store(tmp_path)
+    for bad in ({"name": "a", "step": "abc"}, {"name": "a", "step": 1.5}, {"name": "a", "step": True},
+                {"name": 3, "step": 1}, {"name": "a", "step": 1, "score": "high"}, {"name": "a", "step": 1, "meta": {1j}}):
+        with pytest.raises(ValueError, match="not a value of type"):
+            store.put(T, [bad])
+    store.put(T, [{"name": "a", "step": 2.0, "score": 1}])  # integral floats and ints are numbers
+    assert store.rows(T) == [{"name": "a", "step": 2, "score": 1.0, "meta": None, "ok": None}]
+
+
+def test_a_read_only_store_reads_without_writing_anything(tmp_path):
+    run = tmp_path / "run"
+    with Store(run) as store:
+        store.put(T, [{"name": "a", "step": 1, "score": 0.5}])
+    store_file = run / "results.sqlite"
+    before = (store_file.read_bytes(), store_file.stat().st_mtime_ns)
+    other = Table("other", {"k": "str"}, key=("k",))
+    with Store(run, readonly=True) as store:
+        assert store.rows(T, name="a")[0]["score"] == 0.5
+        assert store.rows(other) == [] and not store.has(other, k="x")  # a missing table is not created
+        with pytest.raises(StoreError, match="read-only"):
+            store.put(T, [{"name": "b", "step": 2}])
+    assert (store_file.read_bytes(), store_file.stat().st_mtime_ns) == before
+    assert {p.name for p in run.iterdir()} <= {"results.sqlite", "results.sqlite-wal", "results.sqlite-shm"}
+    with pytest.raises(StoreError, match="no results store"):
+        Store(tmp_path / "nowhere", readonly=True)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_delete_removes_only_the_rows_named(tmp_path):
+    with Store(tmp_path) as store:
+        store.put(PATHS, [{"checkpoint": str(tmp_path / "a"), "score": 1.0}, {"checkpoint": str(tmp_path / "b")}])
+        assert store.delete(PATHS, checkpoint=str(tmp_path / "a")) == 1
+        assert [r["checkpoint"] for r in store.rows(PATHS)] == [str(tmp_path / "b")]
+        with pytest.raises(ValueError, match="at least one"):
+            store.delete(PATHS)

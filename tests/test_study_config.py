@@ -55,9 +55,9 @@ def test_dotted_overrides_replace_fields_of_a_file_and_of_the_default(tmp_path):
     assert (cfg.sft.n_train, cfg.rl.ppo.lr, cfg.tasks, cfg.sft.tasks) == (500, 1e-6, ["det"], ["det"])
     assert cfg.sft.steps == 2000  # fields not overridden keep the file's values
     assert load_config(None, overrides={"eval.episodes": 7}).eval.episodes == 7
-    empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert load_config(empty, seed=5, overrides={"sft.steps": 3}).sft.steps == 3
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text("{}")
+    assert load_config(defaults, seed=5, overrides={"sft.steps": 3}).sft.steps == 3
 
 
 def test_a_bad_override_is_reported_like_a_bad_field(tmp_path):

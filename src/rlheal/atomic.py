@@ -1,13 +1,36 @@
-"""Atomic writes: a file or folder appears whole under its final name, or not at all."""
+"""Atomic writes: a file or folder appears whole under its final name, or not at all.
+
+Temporaries are siblings of their final name: `.NAME.XXXXXXXX.tmp` files and `.NAME.XXXXXXXX.partial`
+folders (XXXXXXXX: tempfile's eight random characters), and `.NAME.old` while a folder is replaced. What
+appears under the final name has the permissions of an ordinary new file or folder (the process umask), so
+a team sharing a run folder can read it. `clean_stale` removes what a killed writer left behind.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+_STALE = re.compile(r"^\..+\.[a-z0-9_]{8}\.(?:tmp|partial)$")
+_OLD = re.compile(r"^\.(.+)\.old$")
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, so no other thread sees it change)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -21,6 +44,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -44,6 +68,7 @@ def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
+        tmp.chmod(0o777 & ~current_umask())
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old")
@@ -56,3 +81,25 @@ def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def clean_stale(root: str | Path) -> list[Path]:
+    """Remove the temporaries that killed writes left under `root` (links are not followed) and return them:
+    `.tmp` files and `.partial` folders, and `.NAME.old` folders, which are put back as NAME when a kill
+    came between the two renames of a replacement. Call it only while holding the folder's lock
+    (`rlheal.lock`): a live writer's temporaries look the same."""
+    removed: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            old = _OLD.match(name)
+            if old and path.is_dir() and not path.is_symlink() and not (Path(folder) / old.group(1)).exists():
+                os.replace(path, Path(folder) / old.group(1))
+            elif _STALE.match(name) or (old and path.is_dir() and not path.is_symlink()):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+        dirs[:] = [d for d in dirs if (Path(folder) / d).is_dir()]
+    return removed

@@ -21,6 +21,7 @@ from rlheal.tasks.base import PROFILES, SPLITS, check_names
 from rlheal.train.grpo import GRPOConfig
 from rlheal.train.ppo import PPOConfig
 from rlheal.train.sft import SFTConfig
+from rlheal.yaml_input import YamlInputError, load_yaml_file
 
 # Where the study's defaults differ from the section classes' own: the built-in det study on a CPU (SFT at a
 # gentle learning rate for long enough that 3x3 success can decline; RL as pre-registered in docs/RESULTS.md:
@@ -218,7 +219,8 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     lines = [f"{source}: {exc.error_count()} problem(s) in the config:"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  - {where}: {err['msg']}")
+        msg = err["msg"] if len(err["msg"]) <= 300 else err["msg"][:300] + "…"  # messages may echo the value
+        lines.append(f"  - {where}: {msg}")
     lines.append("Fix these fields (see configs/default.yaml for a complete example) and run again.")
     return "\n".join(lines)
 
@@ -246,15 +248,13 @@ def load_config(
     source = "the built-in default" if path is None else str(path)
     data: Any = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if data is None:  # an empty file
-        data = {}
+            data = load_yaml_file(path)
+        except YamlInputError as exc:
+            raise ConfigError(str(exc)) from None
+        if data is None:
+            raise ConfigError(f"{path} holds no settings, and an empty config would silently run the whole default "
+                              "study: write the fields to change, `{}` for the defaults, or leave out --config")
     if isinstance(data, dict):
         data = apply_overrides(data, {**(overrides or {}), **({} if seed is None else {"seed": seed})})
     return parse_config(data, source=source)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from rlheal.chat_tokens import encode_chat
 from rlheal.tasks.base import Episode, Problem, Task
 
 Messages = list[dict[str, str]]
@@ -230,11 +231,9 @@ class HFBackend:
         self.eos_ids = sorted(eos_ids)
 
     def encode_prompts(self, batch: Sequence[Messages]) -> list[list[int]]:
-        """Token ids of each chat rendered by the chat template, ending with the assistant's opening."""
-        texts = [self.tokenizer.apply_chat_template(list(m), add_generation_prompt=True, tokenize=False)
-                 for m in batch]
-        # The template writes its own special tokens (e.g. bos); the tokenizer must not add them again.
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        """Token ids of each chat rendered by the chat template, ending with the assistant's opening; text in a
+        message never becomes a control token (`chat_tokens.encode_chat`)."""
+        return [encode_chat(self.tokenizer, m) for m in batch]
 
     def fits(self, batch: Sequence[Messages], *, max_new_tokens: int) -> list[bool]:
         return [self._fit(len(ids), max_new_tokens) for ids in self.encode_prompts(batch)]

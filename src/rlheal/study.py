@@ -2,7 +2,9 @@
 
 Every stage asks the run's results store (or its checkpoint folders) what is already done and does only the
 rest, so a killed study finishes when the same command runs again. `RUN/study.json` records the config
-that made the run; a run folder made by a different config is refused rather than mixed.
+that made the run; a run folder made by a different config is refused rather than mixed. What a config
+cannot do is found before the folder is claimed; a claimed folder is locked (`rlheal.lock`), cleared of the
+temporaries of killed writes, and its checkpoints are verified against their manifests (`rlheal.integrity`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,30 @@ class Run:
     @property
     def edits(self) -> Path:
         return self.root / "edits"
+
+
+def check_before_claiming(cfg: StudyConfig) -> None:
+    """Raise StudyError for what `cfg` cannot do, before any run folder is touched: a model that is neither a
+    built-in base nor a checkpoint folder, an SFT schedule that does not fit its steps, RL starts it does not save."""
+    from rlheal.models.builtin import RECIPES
+    from rlheal.models.checkpoint import CheckpointError, check_checkpoint
+    from rlheal.train.sft import SFTConfigError
+
+    if cfg.model.startswith("builtin"):
+        if cfg.model not in RECIPES:
+            raise StudyError(f"model: {cfg.model!r} is not a built-in base; valid: {', '.join(RECIPES)}")
+    else:
+        try:
+            check_checkpoint(Path(cfg.model).expanduser())
+        except CheckpointError as exc:
+            raise StudyError(f"model: {exc}") from None
+    try:
+        saved = cfg.sft.checkpoint_steps()
+    except SFTConfigError as exc:
+        raise StudyError(f"sft.{exc}") from None
+    if isinstance(cfg.rl.starts, list) and (missing := [s for s in cfg.rl.starts if s not in saved]):
+        raise StudyError(f"rl.starts names SFT steps {missing} that the SFT schedule does not save; it saves "
+                         f"steps {saved}: change rl.starts or sft.schedule")
 
 
 def claim_run_folder(root: Path, cfg: StudyConfig) -> Run:
@@ -336,15 +362,24 @@ class Study:
 
 def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True,
               on_stage: Callable[[str], None] | None = None) -> Path:
-    """Run (or finish) the study of `cfg` in `out`; returns the report's path."""
-    run = claim_run_folder(Path(out), cfg)
-    handler = _setup_logging(run)
-    try:
-        study = Study(cfg, run.root, progress=progress, on_stage=on_stage)
+    """Run (or finish) the study of `cfg` in `out`; returns the report's path. StudyError for a config that
+    cannot run, RunLockedError while another process holds `out`."""
+    from rlheal.atomic import clean_stale
+    from rlheal.integrity import forget_damaged
+    from rlheal.lock import run_lock
+
+    check_before_claiming(cfg)
+    with run_lock(out):
+        clean_stale(out)
+        run = claim_run_folder(Path(out), cfg)
+        handler = _setup_logging(run)
         try:
-            return study.run_all()
+            forget_damaged(run.root)
+            study = Study(cfg, run.root, progress=progress, on_stage=on_stage)
+            try:
+                return study.run_all()
+            finally:
+                study.store.close()
         finally:
-            study.store.close()
-    finally:
-        logging.getLogger("rlheal").removeHandler(handler)
-        handler.close()
+            logging.getLogger("rlheal").removeHandler(handler)
+            handler.close()

@@ -12,6 +12,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from rlheal.cli.text import plain
+
 STORE_HELP = ("run folder whose results.sqlite receives the rows; default: the nearest folder at or above the "
               "first path that already holds one, else the first path (a folder of checkpoints) or its parent")
 TABLE_COLUMNS = ("label", "stage", "step", "task", "split", "success_rate", "ci_low", "ci_high", "n_episodes",
@@ -101,7 +103,7 @@ def results_command(
     if not path.is_file():
         _fail(f"no results store at {path}: evaluate into it first (`rlheal eval CHECKPOINTS --store {run}`)")
     try:
-        with Store(path) as results:
+        with Store(path, readonly=True) as results:
             rows = sorted(results.rows(EVALS), key=_row_order)
             rl_rows = rl_summary(results) if any(r["stage"] == "rl" for r in rows) else []
     except StoreError as exc:
@@ -139,7 +141,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
     table = Table(*TABLE_COLUMNS, title=f"{len(rows)} evaluation rows")
     for row in rows:
-        table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in TABLE_COLUMNS))
+        table.add_row(*(plain(f"{row[c]:.3f}" if isinstance(row[c], float) else row[c]) for c in TABLE_COLUMNS))
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes get whole rows
 
 
@@ -155,7 +157,7 @@ def _print_rl_table(rows: list[dict[str, Any]]) -> None:
                   "OOD after", "OOD gain", title="RL from each start: success (%) before → after")
     for r in rows:
         gain = (None if r["ood_after"] is None or r["ood_before"] is None else r["ood_after"] - r["ood_before"])
-        table.add_row(r["task"], r["arm"], r["start_label"], str(r["start_step"]), str(r["rl_step"]),
+        table.add_row(*map(plain, (r["task"], r["arm"], r["start_label"], r["start_step"], r["rl_step"])),
                       pct(r["id_before"]), pct(r["id_after"]), pct(r["ood_before"]), pct(r["ood_after"]),
                       "-" if gain is None else f"{100 * gain:+.1f}")
     Console(width=None if sys.stdout.isatty() else 200).print(table)

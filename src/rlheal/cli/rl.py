@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from rlheal.cli.overrides import parse_overrides
+from rlheal.cli.text import plain
 
 
 def _parse_steps(text: str | None) -> list[int] | None:
@@ -42,6 +43,10 @@ def rl(
     """
     from pydantic import ValidationError
 
+    from rlheal.atomic import clean_stale
+    from rlheal.lock import RunLockedError, run_lock
+    from rlheal.models.checkpoint import CheckpointError
+    from rlheal.train.ledger import LedgerError
     from rlheal.train.ppo import ResumeError
     from rlheal.train.sweep import SweepError, make_config, run_sweep
 
@@ -54,11 +59,14 @@ def rl(
         config = make_config(algo, overrides)  # fail before any work
         # `rlheal rl` trains at its algorithm's own defaults, not at a study's RL settings: say which it uses.
         typer.echo(f"{algo} settings: " + " ".join(f"{k}={v}" for k, v in config.model_dump().items()))
-        summary = run_sweep(sft, out or sft.resolve().parent, algo=algo, steps=_parse_steps(checkpoints),
-                            overrides=overrides, eval_episodes=eval_episodes, eval_seed=eval_seed)
+        run = out or sft.resolve().parent
+        with run_lock(run):
+            clean_stale(run)
+            summary = run_sweep(sft, run, algo=algo, steps=_parse_steps(checkpoints), overrides=overrides,
+                                eval_episodes=eval_episodes, eval_seed=eval_seed)
     except ValidationError as exc:
         raise typer.BadParameter(f"invalid {algo} setting: {exc}") from exc
-    except (SweepError, ResumeError) as exc:
+    except (SweepError, ResumeError, RunLockedError, CheckpointError, LedgerError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     from rich.console import Console
     from rich.table import Table
@@ -68,7 +76,7 @@ def rl(
         table.add_column(column)
     pct = lambda x: "—" if x is None else f"{x:.1%}"  # noqa: E731
     for row in summary:
-        table.add_row(row["start_label"], row["task"], str(row["rl_step"]), pct(row["id_before"]),
+        table.add_row(plain(row["start_label"]), plain(row["task"]), str(row["rl_step"]), pct(row["id_before"]),
                       pct(row["id_after"]), pct(row["ood_before"]), pct(row["ood_after"]))
     Console().print(table)
 

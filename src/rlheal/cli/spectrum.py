@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from rlheal.cli.text import plain
+
 MODULES = "q,k,v,o,gate,up,down"
 
 
@@ -28,7 +30,7 @@ def _parse_sizes(text: str, allow_zero: bool = False) -> list[int | float]:
 def _fail(exc: Exception) -> typer.Exit:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    Console(stderr=True).print("[red]error:[/red]", plain(exc))
     return typer.Exit(2)
 
 
@@ -69,7 +71,8 @@ def _print_summary(rows: list[dict]) -> None:
                 "diag share", "offdiag share"):
         table.add_column(col)
     for agg in aggregate(rows, ("target", "reference", "k_label")):
-        table.add_row(Path(agg["target"]).name, Path(agg["reference"]).name, agg["k_label"], str(agg["n_matrices"]),
+        table.add_row(plain(Path(agg["target"]).name), plain(Path(agg["reference"]).name), plain(agg["k_label"]),
+                      str(agg["n_matrices"]),
                       *(f"{agg[c]:.3g}" for c in ("mean_abs_rel_sigma_drift", "top_left_max", "top_right_max",
                                                   "tail_left_max", "tail_right_max", "diag_share", "offdiag_share")))
     Console().print(table)

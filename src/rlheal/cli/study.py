@@ -29,7 +29,7 @@ def study(
 ) -> None:
     """Run the whole study (base → SFT → eval → RL → eval → spectrum → edits → report); rerun to resume."""
     from rlheal.config import ConfigError, load_config
-    from rlheal.study import StudyError, run_study
+    from rlheal.study import run_study
 
     overrides = parse_overrides(settings or [], example="sft.n_train=500")
     try:
@@ -41,21 +41,44 @@ def study(
     typer.echo(f"rlheal study: config {config or 'built-in default'}, run folder {out} (log: {out / 'study.log'})")
     try:
         report_path = run_study(cfg, out, progress=not quiet)
-    except StudyError as exc:
+    except run_errors() as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"done: report at {report_path}")
 
 
-def report(run: Annotated[Path, typer.Argument(help="a run folder holding results.sqlite")]) -> None:
-    """Rebuild RUN/report.html and RUN/report/*.png from the results store alone."""
+def run_errors() -> tuple[type[Exception], ...]:
+    """The errors a run reports in one line (what is wrong and what to do) rather than as a traceback."""
+    from rlheal.lock import RunLockedError
+    from rlheal.models.checkpoint import CheckpointError
+    from rlheal.paths import UnsafePathError
+    from rlheal.store import StoreError
+    from rlheal.study import StudyError
+    from rlheal.train.ledger import LedgerError
+    from rlheal.train.ppo import ResumeError
+    from rlheal.train.sft import SFTConfigError
+    from rlheal.train.sweep import SweepError
+
+    return (StudyError, RunLockedError, CheckpointError, SFTConfigError, StoreError, ResumeError, SweepError,
+            UnsafePathError, LedgerError)
+
+
+def report(
+    run: Annotated[Path, typer.Argument(help="a run folder holding results.sqlite")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the report here (default RUN/report.html; "
+                                             "its figures go to report/ beside it)")] = None,
+) -> None:
+    """Rebuild RUN/report.html and RUN/report/*.png from the results store alone (read, never written)."""
     from rlheal.report import build_report
     from rlheal.store import StoreError
 
     try:
-        path = build_report(run)
+        path = build_report(run, out)
     except StoreError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot write the report ({exc}); give --out FILE in a folder you can write", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"report written to {path}")
 

@@ -22,15 +22,18 @@ def sft_command(
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Fine-tune on the ID split; saves and scores the scheduled checkpoints (a rerun skips saved ones)."""
+    from rlheal.atomic import clean_stale
+    from rlheal.lock import RunLockedError, run_lock
     from rlheal.models.checkpoint import CheckpointError
     from rlheal.store import Store, StoreError
     from rlheal.train.sft import SFTConfigError, load_sft_config, run_sft
 
     try:
         cfg = load_sft_config(config)
-        with Store(out) as store:
+        with run_lock(out), Store(out) as store:
+            clean_stale(out)
             folders = run_sft(cfg, out, store, progress=not quiet)
-    except (SFTConfigError, CheckpointError, StoreError, ValueError) as exc:
+    except (SFTConfigError, CheckpointError, StoreError, RunLockedError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"{len(folders)} checkpoints in {out / 'sft'}; losses in {out / 'results.sqlite'}")
 

@@ -39,8 +39,10 @@ def spectral_sentences(spectral: list[dict[str, Any]], steps: dict[str, int], la
     return out
 
 
-def build_report(run: str | Path) -> Path:
-    """Write RUN/report.html and RUN/report/*.png from RUN/results.sqlite; returns the HTML path."""
+def build_report(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write `out` (default RUN/report.html) and its figures (`report/*.png` beside it) from RUN/results.sqlite,
+    opened read-only; returns the HTML path. A store that holds no rows is a StoreError, and the report already
+    there is kept."""
     from rlheal.evaluate import EVALS
     from rlheal.spectral.metrics import SPECTRAL
     from rlheal.train.ppo import RL_UPDATES
@@ -49,9 +51,13 @@ def build_report(run: str | Path) -> Path:
     run = Path(run)
     if not (run / "results.sqlite").exists():
         raise StoreError(f"{run} holds no results store (results.sqlite): run a study or `rlheal eval` first")
-    with Store(run) as store:
+    with Store(run, readonly=True) as store:
         evals, losses = store.rows(EVALS), store.rows(LOSSES)
         updates, spectral = store.rows(RL_UPDATES), store.rows(SPECTRAL)
+    if not (evals or losses or updates or spectral):
+        raise StoreError(f"{store.path} holds no results: no report was written (a report already there is kept); "
+                         "run a study or `rlheal eval` first")
+    out = Path(out) if out is not None else run / REPORT_HTML
     found: Findings = compute([evals])
     steps = {r["checkpoint"]: r["step"] for r in evals}
     labels = {r["checkpoint"]: r["label"] for r in evals}
@@ -59,7 +65,7 @@ def build_report(run: str | Path) -> Path:
     references = _spectral_references(spectral, evals, peaks)
     k_label = sorted({r["k_label"] for r in spectral})[0] if spectral else ""
 
-    fig_dir = run / FIGURE_DIR
+    fig_dir = out.parent / FIGURE_DIR
     pngs: dict[str, bytes] = {}
 
     def figure(name: str, fig) -> bytes:
@@ -107,7 +113,6 @@ def build_report(run: str | Path) -> Path:
     meta = (f"Run folder {run.resolve()} · built {datetime.now(UTC).isoformat(timespec='seconds')} from "
             f"{len(evals)} eval rows, {len(losses)} loss rows, {len(updates)} RL update rows, {len(spectral)} "
             "spectral rows of results.sqlite")
-    out = run / REPORT_HTML
     write_text(out, render("rlheal study report", meta, sections))
     return out
 

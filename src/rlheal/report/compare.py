@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlheal.atomic import write_bytes
+from rlheal.paths import plain_name
 from rlheal.report.findings import Findings, SftCurve, compute, vectors_vs_values
 from rlheal.report.text import points, rate
 from rlheal.store import Store, StoreError
@@ -116,7 +117,7 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
     for folder in run_folders:
         if not (Path(folder) / "results.sqlite").exists():
             raise StoreError(f"{folder} holds no results store (results.sqlite): run `rlheal study` there first")
-        with Store(folder) as store:
+        with Store(folder, readonly=True) as store:
             runs.append((store.rows(EVALS), store.rows(SPECTRAL)))
     found = compute([evals for evals, _ in runs])
     curves = [c for c in found.sft if tasks is None or c.task in tasks]
@@ -143,6 +144,6 @@ def _write_figure(f: Findings, c: SftCurve, layers: dict[int, tuple[float, float
     from rlheal.report.figures import to_png
     from rlheal.report.seed_figures import findings_figure
 
-    path = folder / f"findings-{c.task}.png"
+    path = folder / plain_name(f"findings-{c.task}.png", "a figure named after a task of the store")
     write_bytes(path, to_png(findings_figure(f, c, layers, k_label)))
     return f"![{c.task}: the four findings over {f.runs} run(s)]({Path(os.path.relpath(path, links_from)).as_posix()})"

@@ -1,4 +1,7 @@
-"""The report's figures, each a pure function from stored rows to a matplotlib Figure (Agg backend)."""
+"""The report's figures, each a pure function from stored rows to a matplotlib Figure (Agg backend).
+
+Stored strings (task names, labels, references) reach a figure only through `plain`, so a `$` in them is
+drawn as a dollar sign, never parsed as mathtext."""
 
 from __future__ import annotations
 
@@ -18,6 +21,11 @@ from rlheal.report.findings import EditResult, Point, RlArm, SftCurve  # noqa: E
 
 Row = dict[str, Any]
 SPLIT_COLORS = {"id": "#1f77b4", "ood": "#d62728"}
+
+
+def plain(text: object) -> str:
+    """`text` as matplotlib draws it literally: every `$` escaped (unescaped pairs would start mathtext)."""
+    return str(text).replace("$", r"\$")
 
 
 def to_png(fig: Figure) -> bytes:
@@ -63,12 +71,12 @@ def sft_curves(evals: Sequence[Row], losses: Sequence[Row], curves: Sequence[Sft
                          label=f"{split.upper()} test loss")
         if task in peaks:
             ax.axvline(peaks[task], color="grey", ls=":", lw=1.2, label="OOD peak (selection half)")
-        ax.set_title(f"{task}: success during SFT")
+        ax.set_title(f"{plain(task)}: success during SFT")
         ax.set_ylabel("episodes solved (%)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-        lax.set_title(f"{task}: teacher-forced answer loss on held-out problems")
+        lax.set_title(f"{plain(task)}: teacher-forced answer loss on held-out problems")
         lax.set_xlabel("SFT step")
         lax.set_ylabel("loss (nats/token)")
         lax.grid(alpha=0.3)
@@ -97,7 +105,7 @@ def rl_recovery(arms: Sequence[RlArm], curves: Sequence[SftCurve]) -> Figure:
         ax.set_xticks(x, [f"{a.start_step}\n{a.arm}" for a in mine], fontsize=8)
         ax.set_xlabel("SFT checkpoint RL started from (step), and arm")
         ax.set_ylabel("OOD episodes solved (%)")
-        ax.set_title(f"{task}: does RL restore OOD success?")
+        ax.set_title(f"{plain(task)}: does RL restore OOD success?")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -112,7 +120,7 @@ def rl_window(arms: Sequence[RlArm]) -> Figure:
         xs = _pct([a.id_before.rate.value for a in mine])
         gains = _pct([a.gain.value for a in mine])
         err = np.vstack([gains - _pct([a.gain.low for a in mine]), _pct([a.gain.high for a in mine]) - gains])
-        ax.errorbar(xs, gains, yerr=err, fmt="o-", capsize=3, label=f"{task} {arm}")
+        ax.errorbar(xs, gains, yerr=err, fmt="o-", capsize=3, label=plain(f"{task} {arm}"))
         for a, x, g in zip(mine, xs, gains, strict=True):
             ax.annotate(f"step {a.start_step}", (x, g), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0, color="black", lw=0.8)
@@ -144,7 +152,7 @@ def advantages(updates: Sequence[Row], labels: dict[str, str]) -> Figure:
         weights = np.concatenate([c for _, c in parts])
         density, edges = np.histogram(mids, bins=30, weights=weights, density=True)
         skew = float(np.mean(skews[start])) if skews[start] else float("nan")
-        ax.step(edges[:-1], density, where="post", label=f"{labels.get(start, start)} (mean skew {skew:+.2f})")
+        ax.step(edges[:-1], density, where="post", label=f"{plain(labels.get(start, start))} (mean skew {skew:+.2f})")
     ax.set_xlabel("advantage (normalised)")
     ax.set_ylabel("density")
     ax.set_title("Advantage distributions per RL start")
@@ -164,7 +172,7 @@ def edits(results: Sequence[EditResult]) -> Figure:
     bars += [(r.kind, r.ood, "#9467bd") for r in results]
     y, err = rates([p for _, p, _ in bars])
     ax.bar(range(len(bars)), y, color=[b[2] for b in bars], yerr=err if bars else None, capsize=3)
-    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=25, ha="right", fontsize=8)
+    ax.set_xticks(range(len(bars)), [plain(b[0]) for b in bars], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("OOD episodes solved (%)")
     ax.set_title("Weight edits of the last SFT checkpoint toward the OOD peak")
     ax.grid(axis="y", alpha=0.3)
@@ -198,7 +206,7 @@ def spectral_summary(spectral: Sequence[Row], steps: dict[str, int], references:
             ang = [np.degrees(np.nanmean([r[key] for r in rows])) for rows in by_step.values()]
             twin.plot(xs, ang, style, color="#d62728", label=f"mean angle, {label}")
         twin.set_ylabel("principal angle (degrees)", color="#d62728")
-        ax.set_title(f"vs {name}: σ drift and rotation ({k_label})")
+        ax.set_title(plain(f"vs {name}: σ drift and rotation ({k_label})"))
         ax.grid(alpha=0.3)
         handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rlheal.report.figures import SPLIT_COLORS, rates  # noqa: E402
+from rlheal.report.figures import SPLIT_COLORS, plain, rates  # noqa: E402
 from rlheal.report.findings import Findings, SftCurve  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def _sft_panel(ax: Axes, f: Findings, c: SftCurve) -> None:
     ax.set_xlabel("SFT step")
     ax.set_ylabel("episodes solved (%)")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"1. {c.task}: success during SFT (95 % bands)")
+    ax.set_title(f"1. {plain(c.task)}: success during SFT (95 % bands)")
     ax.legend(fontsize=7, loc="best")
 
 
@@ -53,7 +53,7 @@ def _rl_panel(ax: Axes, f: Findings, c: SftCurve) -> None:
     ax.set_xticks(x, [f"{a.start_step}\n{a.arm}" for a in arms], fontsize=7)
     ax.set_xlabel("SFT step RL started from, and arm")
     ax.set_ylabel("OOD episodes solved (%)")
-    ax.set_title(f"2. {c.task}: OOD before and after RL on ID")
+    ax.set_title(f"2. {plain(c.task)}: OOD before and after RL on ID")
     if not arms:
         ax.text(0.5, 0.5, "no RL rows", ha="center", va="center", transform=ax.transAxes)
     ax.legend(fontsize=7, loc="best")
@@ -70,7 +70,7 @@ def _spectra_panel(ax: Axes, layers: dict[int, tuple[float, float, int]], k_labe
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("singular-value drift (%)", color="#1f77b4")
     twin.set_ylabel("rotation of singular vectors (°)", color="#d62728")
-    ax.set_title(f"3. last SFT checkpoint vs base, per layer ({k_label})")
+    ax.set_title(f"3. last SFT checkpoint vs base, per layer ({plain(k_label)})")
     if not layers:
         ax.text(0.5, 0.5, "no spectral rows", ha="center", va="center", transform=ax.transAxes)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -82,9 +82,9 @@ def _edits_panel(ax: Axes, f: Findings, c: SftCurve) -> None:
     bars += [(e.kind, e.ood, "#9467bd") for e in f.edits if e.task == c.task]
     y, err = rates([p for _, p, _ in bars])
     ax.bar(range(len(bars)), y, color=[col for _, _, col in bars], yerr=err, capsize=3)
-    ax.set_xticks(range(len(bars)), [name for name, _, _ in bars], rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(len(bars)), [plain(name) for name, _, _ in bars], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("OOD episodes solved (%)")
-    ax.set_title(f"4. {c.task}: edits of the last SFT checkpoint")
+    ax.set_title(f"4. {plain(c.task)}: edits of the last SFT checkpoint")
 
 
 def findings_figure(f: Findings, c: SftCurve, layers: dict[int, tuple[float, float, int]], k_label: str) -> Figure:
@@ -96,6 +96,6 @@ def findings_figure(f: Findings, c: SftCurve, layers: dict[int, tuple[float, flo
     _edits_panel(axes[1][1], f, c)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{c.task}: the paper's findings over {f.runs} run(s), paired by problem")
+    fig.suptitle(f"{plain(c.task)}: the paper's findings over {f.runs} run(s), paired by problem")
     fig.tight_layout()
     return fig

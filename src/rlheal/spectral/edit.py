@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from rlheal.atomic import staged_dir
 from rlheal.models.checkpoint import MANIFEST, Manifest, read_manifest, write_manifest
+from rlheal.paths import resolve_inside
 from rlheal.spectral.cache import DecompositionCache
 from rlheal.spectral.linalg import SpectralError, decompose, resolve_k
 from rlheal.spectral.weights import CheckpointWeights, WeightsError, check_compatible, parse_name
@@ -142,7 +143,7 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
                 tensors[name] = new.to(dtype=original.dtype).to(device="cpu").contiguous()
                 if bar:
                     bar.advance(task)
-            save_file(tensors, tmp / file, metadata=metadata)
+            save_file(tensors, resolve_inside(tmp, file, "a weight shard"), metadata=metadata)
         for path in tgt_w.folder.iterdir():
             if path.is_file() and path.suffix != ".safetensors" and path.name != MANIFEST:
                 shutil.copy2(path, tmp / path.name)

@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from rlheal.models.checkpoint import check_checkpoint
+from rlheal.models.checkpoint import INDEX_FILE, check_checkpoint, index_shards  # noqa: F401 - INDEX_FILE re-exported
 
-INDEX_FILE = "model.safetensors.index.json"
 MODULES = ("q", "k", "v", "o", "gate", "up", "down", "embed", "head")
 DECODER_MODULES = MODULES[:7]
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -109,10 +108,7 @@ class CheckpointWeights:
                                                         str(sl.get_dtype()), file)
 
     def _weight_files(self) -> list[str]:
-        index = self.folder / INDEX_FILE
-        if index.exists():
-            return sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return sorted(p.name for p in self.folder.glob("*.safetensors"))
+        return index_shards(self.folder) or sorted(p.name for p in self.folder.glob("*.safetensors"))
 
     @property
     def files(self) -> list[str]:
@@ -183,8 +179,10 @@ class CheckpointWeights:
 
 
 def check_compatible(reference: CheckpointWeights, target: CheckpointWeights, infos: Iterable[WeightInfo]) -> None:
-    """Raise WeightsError unless `target` holds every tensor of `infos` (from the reference) with the same shape."""
-    problems = []
+    """Raise WeightsError unless `target` holds every tensor of `infos` (from the reference) with the same shape,
+    and the reference every tensor of the target of the same modules and layers (none is skipped unsaid)."""
+    infos = list(infos)
+    problems = [f"{name} is missing from the reference" for name in _unmatched(target, infos)]
     for info in infos:
         other = target.tensors.get(info.name)
         if other is None:
@@ -195,3 +193,10 @@ def check_compatible(reference: CheckpointWeights, target: CheckpointWeights, in
         shown = "; ".join(problems[:5]) + (f"; … {len(problems) - 5} more" if len(problems) > 5 else "")
         raise WeightsError(f"{target.folder} does not match the reference {reference.folder} "
                            f"(different architecture or a truncated checkpoint): {shown}")
+
+
+def _unmatched(target: CheckpointWeights, infos: list[WeightInfo]) -> list[str]:
+    """Tensors of `target` in the modules and layers of `infos` that `infos` do not name."""
+    chosen = {(i.module, i.layer) for i in infos}
+    modules, layers, names = {m for m, _ in chosen}, {layer for _, layer in chosen}, {i.name for i in infos}
+    return sorted(n for n, t in target.tensors.items() if t.module in modules and t.layer in layers and n not in names)

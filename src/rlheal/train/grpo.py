@@ -30,7 +30,6 @@ from pydantic import Field
 
 from rlheal.store import Store
 from rlheal.train.ppo import (
-    RL_UPDATES,
     STEP_FOLDER,
     RLResult,
     RLSettings,
@@ -116,6 +115,7 @@ def train_grpo(
     from rlheal.provenance import stable_hash
     from rlheal.rollout import Decoding, HFBackend, play
     from rlheal.tasks.base import Task
+    from rlheal.train.ledger import record_update
 
     start, out = check_checkpoint(Path(start)).resolve(), Path(out).resolve()
     if task is None:
@@ -182,8 +182,8 @@ def train_grpo(
                 seconds=time.perf_counter() - state["began"])
             state["began"] = time.perf_counter()
             rows.append(row)
-            if args.process_index == 0 and store is not None:
-                store.put(RL_UPDATES, [row])
+            if args.process_index == 0:
+                record_update(store, out, row)
 
         def on_step_end(self, args, trainer_state, control, **kwargs):
             if trainer_state.global_step % config.num_iterations:

@@ -351,6 +351,7 @@ def train_ppo(
     from rlheal.provenance import stable_hash
     from rlheal.rollout import Decoding, HFBackend, play
     from rlheal.tasks.base import Task
+    from rlheal.train.ledger import record_update
     from rlheal.train.rl_math import (
         adaptive_kl_coef,
         clipped_surrogate,
@@ -497,8 +498,7 @@ def train_ppo(
             if config.kl_target is not None and mean_kl is not None:
                 kl_coef = adaptive_kl_coef(kl_coef, mean_kl, config.kl_target, config.kl_horizon, len(all_rewards))
             if accelerator.is_main_process:
-                if store is not None:
-                    store.put(RL_UPDATES, [row])
+                record_update(store, out, row)
                 if on_update is not None:
                     on_update(row)
                 if update % config.save_every == 0 or update == config.updates or stop:

@@ -24,15 +24,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rlheal.atomic import write_text
-from rlheal.models.checkpoint import CheckpointError, Manifest, check_checkpoint, read_manifest, save_model
+from rlheal.models.checkpoint import (
+    CheckpointError,
+    Manifest,
+    check_checkpoint,
+    read_manifest,
+    save_model,
+    weights_sha256,
+)
 from rlheal.provenance import stable_hash
 from rlheal.store import Store, Table
 from rlheal.tasks.base import PROFILES, check_names
 from rlheal.train.schedule import ScheduleError, resolve_schedule
+from rlheal.yaml_input import YamlInputError, load_yaml_file
 
 LOSSES = Table(
     name="losses",
@@ -100,12 +107,12 @@ class SFTConfig(BaseModel):
 def load_sft_config(path: str | Path) -> SFTConfig:
     """Read and validate a YAML SFT config (an optional top-level `sft:` section is accepted)."""
     path = Path(path)
-    if not path.is_file():
-        raise SFTConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SFTConfigError(f"{path} is not valid YAML: {exc}") from exc
+        data = load_yaml_file(path)
+    except YamlInputError as exc:
+        raise SFTConfigError(str(exc)) from None
+    if data is None:
+        raise SFTConfigError(f"{path} holds no settings: write the SFT fields (see rlheal.train.sft.SFTConfig)")
     if isinstance(data, dict) and isinstance(data.get("sft"), dict):
         data = data["sft"]
     if not isinstance(data, dict):
@@ -189,13 +196,23 @@ def step_folder(out: Path, step: int) -> Path:
 
 
 def config_hash(cfg: SFTConfig, start: Path) -> str:
-    """The hash recorded in every checkpoint: the config plus the identity of the starting model."""
+    """The hash recorded in every checkpoint: the config without the start's path, plus the identity of the
+    starting model (its manifest's config hash, e.g. a built-in recipe; else its weights' sha256). No path
+    enters it, so a run resumes wherever its base lies (another cache, user or machine)."""
+    start_id = read_manifest(start).config_hash or weights_sha256(start)
+    return stable_hash({"sft": cfg.model_dump(exclude={"model"}), "start": start_id})
+
+
+def path_config_hash(cfg: SFTConfig, start: Path) -> str:
+    """The hash rlheal recorded before hashes were path-free (the config with the start's path, a start without
+    a manifest hash by its resolved path): checkpoints saved with it still resume where they were made."""
     start_id = read_manifest(start).config_hash or str(start.resolve())
     return stable_hash({"sft": cfg.model_dump(), "start": start_id})
 
 
-def existing_steps(out: Path, expected_hash: str) -> set[int]:
-    """Steps already saved under RUN/sft; refuses a folder written by another config."""
+def existing_steps(out: Path, expected_hash: str, *older_hashes: str) -> set[int]:
+    """Steps already saved under RUN/sft (with `expected_hash`, or one of `older_hashes` of the same config);
+    refuses a folder written by another config."""
     saved: set[int] = set()
     sft_dir = Path(out) / SFT_DIR
     if not sft_dir.is_dir():
@@ -208,7 +225,7 @@ def existing_steps(out: Path, expected_hash: str) -> set[int]:
             manifest = read_manifest(folder)
         except CheckpointError as exc:
             raise SFTConfigError(f"{exc}. Delete {folder} and rerun: the step will be trained and saved again") from exc
-        if manifest.config_hash != expected_hash:
+        if manifest.config_hash not in (expected_hash, *older_hashes):
             raise SFTConfigError(
                 f"{folder} was written by another SFT config (hash {manifest.config_hash}, this one is "
                 f"{expected_hash}); choose a new --out folder, or move the old run aside")
@@ -232,7 +249,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
     schedule = cfg.checkpoint_steps()
     start = resolve_model(cfg.model, progress=progress)
     chash = config_hash(cfg, start)
-    saved = existing_steps(out, chash)
+    saved = existing_steps(out, chash, path_config_hash(cfg, start))
     model, tokenizer = load_model(start)
     model.train()
     loss_sets = {(t.name, split): [(t.prompt(p), t.answer(p))

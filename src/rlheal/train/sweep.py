@@ -5,7 +5,8 @@ Layout: `RUN/rl/<start-label>-<arm>/step-000010/` (e.g. `RUN/rl/sft-40-ppo/`, an
 for the shuffled-reward control arm). Resuming is per start: a
 start whose last RL checkpoint exists is not retrained, its missing evaluations are run (`evaluate` skips
 stored rows); an interrupted start restarts from its latest saved RL checkpoint (PPO: with its value head;
-both: with a fresh optimiser state).
+both: with a fresh optimiser state). Update rows the store lacks for checkpoints already saved (a store lost or
+moved aside) are put back from the start's ledger (`rlheal.train.ledger`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def run_sweep(
     from rlheal.evaluate import evaluate
     from rlheal.rollout import Decoding
     from rlheal.train.grpo import train_grpo
+    from rlheal.train.ledger import restore_updates
     from rlheal.train.ppo import rl_checkpoints, train_ppo
 
     config = make_config(algo, overrides)
@@ -94,6 +96,7 @@ def run_sweep(
         for start in starts:
             out = rl_folder(run, start, config.arm)
             result = trainer(start, out, config, store=store, task=task, show_progress=show_progress)
+            restore_updates(store, out, start)  # rows a lost or moved-aside store no longer holds
             if result.no_signal:
                 print(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
             evaluate(store, [start, *rl_checkpoints(out)], [eval_task], episodes=eval_episodes, seed=eval_seed,
