@@ -161,3 +161,31 @@ def test_builtin_model_names_resolve_to_recipes(tmp_path, monkeypatch):
     valid = "valid: builtin:det, builtin:gp24, builtin:tiny"
     with pytest.raises(ValueError, match=f"unknown built-in model 'builtin:huge'; {valid}"):
         resolve_model("builtin:huge", progress=False)
+
+
+def test_the_default_study_starts_from_the_shipped_base_pinned_by_sha256(tmp_path, monkeypatch):
+    import hashlib
+    import shutil
+
+    from rlheal.models import builtin
+
+    folder = builtin.builtin_base(builtin.DET_RECIPE, progress=False, cache=tmp_path / "empty-cache")
+    assert folder.parent == builtin.SHIPPED and not (tmp_path / "empty-cache").exists()  # nothing was built
+    pinned = builtin.SHIPPED_SHA256[builtin.DET_RECIPE.hash()]
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == pinned
+    assert (folder / "model.safetensors").stat().st_size <= 5 * 2**20
+    assert builtin.matches_shipped(builtin.DET_RECIPE, folder) is True
+    assert builtin.matches_shipped(TINY_RECIPE, folder) is None  # no tiny base is shipped
+    # an altered shipped base is refused, never used
+    altered = tmp_path / "shipped"
+    shutil.copytree(builtin.SHIPPED, altered)
+    weights = altered / folder.name / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    monkeypatch.setattr(builtin, "SHIPPED", altered)
+    with pytest.raises(CheckpointError, match="not the pinned"):
+        builtin.builtin_base(builtin.DET_RECIPE, progress=False)
+    shutil.rmtree(altered / folder.name)
+    with pytest.raises(CheckpointError, match="is missing: reinstall"):
+        builtin.builtin_base(builtin.DET_RECIPE, progress=False)

@@ -41,11 +41,13 @@ def sft_command(
 def base_command(
     model: Annotated[str, typer.Option(help="which built-in base: builtin:det (the built-in study's), builtin:gp24, "
                                             "builtin:tiny")] = "builtin:det",
-    rebuild: Annotated[bool, typer.Option(help="pretrain again, replacing the cached folder when done")] = False,
+    rebuild: Annotated[bool, typer.Option(help="pretrain again from the recipe into the cache (replacing it when "
+                                               "done) and say whether the bits match the shipped base")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Build (if missing) and show a built-in base model: its folder and how it was made."""
-    from rlheal.models.builtin import RECIPES, builtin_base
+    """Show a built-in base model (the shipped one, or the cached one, built if missing): its folder and how it
+    was made."""
+    from rlheal.models.builtin import RECIPES, builtin_base, matches_shipped
     from rlheal.models.checkpoint import CheckpointError, read_manifest, weights_sha256
 
     if model not in RECIPES:
@@ -58,6 +60,11 @@ def base_command(
     extra["weights_sha256"] = weights_sha256(folder)
     typer.echo(str(folder))
     typer.echo(json.dumps(extra, indent=1))
+    same = matches_shipped(RECIPES[model], folder) if rebuild else None
+    if same is not None:
+        typer.echo("the rebuilt weights match the shipped base bit for bit" if same else
+                   "the rebuilt weights differ from the shipped base (another CPU kind or library version gives other "
+                   "last bits); studies keep using the shipped base")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,10 @@
-"""The built-in base model: a small Llama that rlheal pretrains itself on the pretraining world, cached.
+"""The built-in base model: a small Llama that rlheal pretrains itself on the pretraining world.
 
-A recipe (model shape, world spec, pretraining hyperparameters, seed) fully determines the base: it is built
-on CPU with seeded torch and a deterministic data order, and stored once at
-`$RLHEAL_CACHE/base-<recipe hash>/` (default cache `~/.cache/rlheal`) as an ordinary Hugging Face checkpoint
-folder with an rlheal manifest (stage "base"). The folder is written atomically, so a killed build leaves
+A recipe (model shape, world spec, pretraining hyperparameters, seed) fully determines how a base is built: on
+CPU with seeded torch and a deterministic data order. The default study's base ships with rlheal as package
+data (`models/bases/base-<recipe hash>/`), its weights pinned by sha256, so every machine starts from the same
+bits; other recipes are built on first use and stored at `$RLHEAL_CACHE/base-<recipe hash>/` (default cache
+`~/.cache/rlheal`). Either is an ordinary Hugging Face checkpoint folder with an rlheal manifest (stage "base"). The folder is written atomically, so a killed build leaves
 nothing behind and the next call rebuilds it. Pretraining is not resumable: the default recipe takes a few
 minutes (see docs/BENCHMARKS.md), so a killed build simply starts again.
 """
@@ -16,7 +17,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlheal.models.checkpoint import CheckpointError, Manifest, check_checkpoint, read_manifest, save_model
+from rlheal.models.checkpoint import (
+    CheckpointError,
+    Manifest,
+    check_checkpoint,
+    read_manifest,
+    save_model,
+    weights_sha256,
+)
 from rlheal.models.pretrain import PRETRAIN_THREADS, PretrainSpec, pack_documents, pretrain
 from rlheal.models.tokenizer import TOKENIZER_SPEC, char_tokenizer
 from rlheal.models.world import WORLD_VERSION, WorldSpec, generate_corpus
@@ -73,6 +81,18 @@ GP24_RECIPE = BuiltinRecipe(
 RECIPES = {"builtin:det": DET_RECIPE, "builtin:gp24": GP24_RECIPE, "builtin:tiny": TINY_RECIPE}
 DEFAULT_MODEL = "builtin:det"
 DEFAULT_RECIPE = RECIPES[DEFAULT_MODEL]
+
+
+# The bases rlheal ships, one folder per recipe hash, and the sha256 of their weights: every machine starts the
+# built-in study from these bits, whatever its CPU kind (a rebuild there may differ in the last bits).
+SHIPPED = Path(__file__).parent / "bases"
+SHIPPED_SHA256 = {DET_RECIPE.hash(): "e65c8f3e562bf02ee90f6d07eaa2bb8b0ea2efbfc53292c0b6ef8d2c9206f544"}
+
+
+def matches_shipped(recipe: BuiltinRecipe, folder: Path) -> bool | None:
+    """Whether `folder` holds the shipped weights of `recipe` bit for bit; None when rlheal ships none."""
+    pinned = SHIPPED_SHA256.get(recipe.hash())
+    return None if pinned is None else weights_sha256(folder) == pinned
 
 
 def cache_root() -> Path:
@@ -136,9 +156,30 @@ def build_base(recipe: BuiltinRecipe, folder: Path, progress: bool = True) -> Pa
     return save_model(model, tokenizer, folder, manifest, overwrite=True)
 
 
+def shipped_base(recipe: BuiltinRecipe) -> Path | None:
+    """The base rlheal ships for `recipe`, after checking its weights against their pinned sha256; None when
+    rlheal ships none for this recipe. Raises CheckpointError for a missing or altered shipped base."""
+    pinned = SHIPPED_SHA256.get(recipe.hash())
+    if pinned is None:
+        return None
+    folder = SHIPPED / f"base-{recipe.hash()}"
+    if not folder.is_dir():
+        raise CheckpointError(f"rlheal ships the base of recipe {recipe.hash()}, but {folder} is missing: reinstall "
+                              "rlheal (pip install --force-reinstall rlheal)")
+    found = weights_sha256(folder)
+    if found != pinned:
+        raise CheckpointError(f"the shipped base {folder} has weights sha256 {found[:12]}…, not the pinned "
+                              f"{pinned[:12]}…: reinstall rlheal (pip install --force-reinstall rlheal)")
+    return folder
+
+
 def builtin_base(recipe: BuiltinRecipe = DEFAULT_RECIPE, progress: bool = True, cache: Path | None = None,
                  rebuild: bool = False) -> Path:
-    """The cached base folder of `recipe`, pretraining it first if it is missing (or `rebuild`)."""
+    """The base folder of `recipe`: the one rlheal ships (pinned by sha256) when there is one, else the cached
+    one, pretrained first if it is missing. `rebuild` pretrains it again into the cache and returns that
+    folder (`matches_shipped` tells whether its bits are the shipped ones)."""
+    if not rebuild and (shipped := shipped_base(recipe)) is not None:
+        return shipped
     folder = base_folder(recipe, cache)
     if folder.exists() and not rebuild:
         try:
