@@ -12,6 +12,7 @@ import pytest
 
 from rlheal.config import load_config
 from rlheal.evaluate import EVALS
+from rlheal.spectral.alignment import ALIGNMENT
 from rlheal.spectral.metrics import SPECTRAL
 from rlheal.store import Store
 from rlheal.study import run_study
@@ -57,6 +58,14 @@ def quick_run(cache, tmp_path_factory):
     return out, report
 
 
+def peak_row(evals) -> str:
+    """The OOD-peak SFT checkpoint, as the study chooses it (selection half, earliest on ties)."""
+    from rlheal.report.findings import selection_success
+
+    ood = [r for r in evals if r["stage"] == "sft" and r["split"] == "ood"]
+    return max(ood, key=lambda r: (selection_success(r), -r["step"]))["checkpoint"]
+
+
 def test_every_stage_leaves_its_rows_and_the_report(quick_run):
     out, report = quick_run
     cfg = load_config(QUICK)
@@ -77,6 +86,10 @@ def test_every_stage_leaves_its_rows_and_the_report(quick_run):
     peak_is_last = not edit_labels
     assert peak_is_last or len(edit_labels) == 3
     assert {r["reference"] for r in spectral} and all(r["k_label"] == "k=0.25" for r in spectral)
+    with Store(out) as store:
+        aligned = store.rows(ALIGNMENT)
+    rl_targets = {r["checkpoint"] for r in evals if r["stage"] == "rl" and r["parent"] != peak_row(evals)}
+    assert {r["target"] for r in aligned} == rl_targets  # every RL checkpoint not started at the peak
     html = report.read_text()
     assert report == out / "report.html" and "data:image/png;base64," in html
     assert (out / "report" / "sft_curves.png").stat().st_size > 10_000

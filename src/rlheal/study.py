@@ -281,6 +281,22 @@ class Study:
             self.store.put(SPECTRAL, rows)
         return len(rows)
 
+    def align(self, rl_folders: Sequence[Path], peak: Path) -> int:
+        """`alignment` rows of every RL checkpoint: its change from its SFT start against the direction from
+        that start back to the OOD peak (starts at the peak itself have no direction back)."""
+        from rlheal.models.checkpoint import read_manifest
+        from rlheal.spectral.alignment import ALIGNMENT, run_alignment
+
+        peak = Path(peak).resolve()
+        triples = [(Path(start).resolve(), Path(c).resolve(), peak) for c in rl_folders
+                   if (start := read_manifest(c).parent) and Path(start).resolve() != peak
+                   and not self.store.has(ALIGNMENT, target=str(Path(c).resolve()), reference=str(peak))]
+        if not triples:
+            return 0
+        rows = run_alignment(triples, self.cfg.spectral.modules)
+        self.store.put(ALIGNMENT, rows)
+        return len(rows)
+
     def edits(self, reference: Path, target: Path) -> list[Path]:
         from rlheal.spectral.edit import edit_checkpoint
         from rlheal.spectral.weights import CheckpointWeights
@@ -342,6 +358,7 @@ class Study:
         if self.cfg.spectral.targets == "sft+rl":
             targets += rl_folders
         self.spectrum(targets, references)
+        self.align(rl_folders, peak)
 
         self._stage("edits")
         edit_folders = self.edits(peak, last) if Path(peak).resolve() != Path(last).resolve() else []

@@ -78,6 +78,32 @@ def _print_summary(rows: list[dict]) -> None:
     Console().print(table)
 
 
+def _alignment(pairs, toward: Path | None, modules: str) -> list[dict]:
+    """`alignment` rows of every (reference, target) pair toward `toward`, or none without it."""
+    from rlheal.spectral import run_alignment
+
+    return [] if toward is None else run_alignment([(ref, target, toward) for ref, target in pairs], modules)
+
+
+def _print_alignment(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="alignment: cos(W_target − W_ref, W_toward − W_ref), mean over matrices")
+    for col in ("target", "reference", "toward", "matrices", "mean cosine", "mean share of the way back"):
+        table.add_column(col)
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["start"], r["reference"]), []).append(r)
+    for (target, start, toward), found in groups.items():
+        cosines = [r["cosine"] for r in found if r["cosine"] == r["cosine"]]
+        shares = [r["back_fraction"] for r in found if r["back_fraction"] == r["back_fraction"]]
+        table.add_row(plain(Path(target).name), plain(Path(start).name), plain(Path(toward).name), str(len(found)),
+                      f"{sum(cosines) / len(cosines):.3f}" if cosines else "–",
+                      f"{sum(shares) / len(shares):.3f}" if shares else "–")
+    Console().print(table)
+
+
 def spectrum(
     checkpoints: Annotated[list[Path], typer.Argument(help="Target checkpoints, or folders of checkpoints.")],
     ref: Annotated[str, typer.Option("--ref", help="Reference: a checkpoint path, base, ood-peak or previous.")],
@@ -90,8 +116,12 @@ def spectrum(
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present and the matrices have rank ≥ 1024, else CPU), cpu, cuda, cuda:1 …")] = "auto",
     cache: Annotated[Path | None, typer.Option("--cache", envvar="RLHEAL_SPECTRAL_CACHE", help="Keep reference decompositions in this folder and reuse them in later runs (default: none).")] = None,
     task: Annotated[str | None, typer.Option("--task", help="With --ref ood-peak: the task whose OOD peak to use.")] = None,
+    toward: Annotated[Path | None, typer.Option("--toward", help="Also the alignment of each checkpoint's change "
+                                                "from the reference with the direction from the reference to this "
+                                                "checkpoint (e.g. --ref RL-START --toward OOD-PEAK): table alignment.")] = None,
 ) -> None:
-    """Singular-value drift, principal angles and ΔW energy of each checkpoint's matrices against a reference."""
+    """Singular-value drift, principal angles and ΔW energy of each checkpoint's matrices against a reference;
+    with --toward, whether each checkpoint moved from the reference toward another checkpoint."""
     from rlheal.models.checkpoint import CheckpointError, find_checkpoints
     from rlheal.spectral import SPECTRAL, SPECTRAL_SIGMA, reference_pairs, run_spectrum
     from rlheal.spectral.linalg import SpectralError
@@ -111,8 +141,16 @@ def spectrum(
         else:
             rows, sigma_rows = run_spectrum(pairs, _parse_sizes(k), modules, parse_layers(layers), method, device,
                                             _cache(cache))
+        aligned = _alignment(pairs, toward, modules)
     except (CheckpointError, SpectralError, WeightsError, StoreError) as exc:
         raise _fail(exc) from exc
+    if aligned:
+        _print_alignment(aligned)
+        if store is not None and out is None:
+            from rlheal.spectral import ALIGNMENT
+
+            with Store(store) as db:
+                db.put(ALIGNMENT, aligned)
     if out is not None:
         _write_rows(out, rows)
         typer.echo(f"wrote {len(rows)} rows to {out}")

@@ -11,6 +11,7 @@ import numpy as np
 
 from rlheal.atomic import write_bytes, write_text
 from rlheal.report import figures, text
+from rlheal.report.direction import direction_sentences, directions
 from rlheal.report.findings import Findings, compute
 from rlheal.report.html import Section, render
 from rlheal.store import Store, StoreError
@@ -44,6 +45,7 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
     opened read-only; returns the HTML path. A store that holds no rows is a StoreError, and the report already
     there is kept."""
     from rlheal.evaluate import EVALS
+    from rlheal.spectral.alignment import ALIGNMENT
     from rlheal.spectral.metrics import SPECTRAL
     from rlheal.train.ppo import RL_UPDATES
     from rlheal.train.sft import LOSSES
@@ -54,6 +56,7 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
     with Store(run, readonly=True) as store:
         evals, losses = store.rows(EVALS), store.rows(LOSSES)
         updates, spectral = store.rows(RL_UPDATES), store.rows(SPECTRAL)
+        alignment = store.rows(ALIGNMENT)
     if not (evals or losses or updates or spectral):
         raise StoreError(f"{store.path} holds no results: no report was written (a report already there is kept); "
                          "run a study or `rlheal eval` first")
@@ -106,6 +109,10 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
                             figure("edits.png", figures.edits(found.edits)) if found.edits else None,
                             "OOD success after restoring singular values, singular vectors or whole early layers "
                             "of the OOD-peak checkpoint into the last SFT checkpoint.", empty_note="No edits evaluated."))
+    sections.append(Section("8. Where RL moved the weights", direction_sentences(directions([(evals, alignment)])),
+                            None, "Per RL arm, the cosine between its weight change from its SFT start and the "
+                            "direction from that start back to the OOD peak (1: straight back; 0: somewhere new).",
+                            empty_note="No alignment rows stored (RL from the OOD peak itself has no way back)."))
     sections.append(Section("All evaluation rows", (), None, "", _eval_table(evals)))
 
     for name, data in pngs.items():

@@ -14,6 +14,7 @@ from typing import Any
 
 from rlheal.atomic import write_bytes
 from rlheal.paths import plain_name
+from rlheal.report.direction import Direction, directions
 from rlheal.report.findings import Findings, SftCurve, compute, vectors_vs_values
 from rlheal.report.text import points, rate
 from rlheal.store import Store, StoreError
@@ -111,14 +112,16 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
     folder `links_from` (where the Markdown will live). Raises StoreError for a folder without a store,
     FindingsError when the runs cannot be paired (different eval sets, no per-problem outcomes)."""
     from rlheal.evaluate import EVALS
+    from rlheal.spectral.alignment import ALIGNMENT
     from rlheal.spectral.metrics import SPECTRAL
 
-    runs = []
+    runs, aligned = [], []
     for folder in run_folders:
         if not (Path(folder) / "results.sqlite").exists():
             raise StoreError(f"{folder} holds no results store (results.sqlite): run `rlheal study` there first")
         with Store(folder, readonly=True) as store:
             runs.append((store.rows(EVALS), store.rows(SPECTRAL)))
+            aligned.append((runs[-1][0], store.rows(ALIGNMENT)))
     found = compute([evals for evals, _ in runs])
     curves = [c for c in found.sft if tasks is None or c.task in tasks]
     k_labels = sorted({r["k_label"] for _, spectral in runs for r in spectral})
@@ -135,7 +138,20 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
         out += [*spectral_table(layers, k_label), ""]
     for c in curves:
         out += [*edit_lines(found, c), ""]
+    out += direction_table(directions(aligned))
     return "\n".join(out).rstrip() + "\n"
+
+
+def direction_table(found: Sequence[Direction]) -> list[str]:
+    """Where each RL arm moved the weights, relative to the way back to the OOD peak (mean over runs)."""
+    if not found:
+        return []
+    lines = ["**Where RL moved the weights** (last RL checkpoint of each arm: cosine of its change from the start "
+             "with the direction back to the OOD peak, and the share of that way it covers; mean over matrices):", "",
+             "| start step | arm | runs | mean cosine | per run | share of the way back % |", "|---|---|---|---|---|---|"]
+    lines += [f"| {d.start_step} | {d.arm} | {len(d.cosine)} | {d.mean_cosine:+.3f} | "
+              f"{' / '.join(f'{c:+.3f}' for c in d.cosine)} | {100 * d.mean_back_fraction:.1f} |" for d in found]
+    return [*lines, ""]
 
 
 def _write_figure(f: Findings, c: SftCurve, layers: dict[int, tuple[float, float, int]], k_label: str,
