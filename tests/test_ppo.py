@@ -274,3 +274,74 @@ def test_rlheal_rl_prints_every_setting_it_trains_with_before_any_work(tmp_path)
     assert shown.keys() == expected.keys()
     assert {k: shown[k] for k in ("lr", "episodes_per_update", "temperature", "kl_coef")} == {
         "lr": "3e-05", "episodes_per_update": "16", "temperature": "0.2", "kl_coef": "0.0"}
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_value_warmup_trains_the_critic_alone_then_the_policy(tmp_path, make_tiny_checkpoint):
+    from rlheal.train.value_head import VALUE_HEAD_FILE
+
+    start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
+    config = PPOConfig(**{**TOY, "episodes_per_update": 8, "value_warmup": 2, "value_lr": 1e-2}, updates=3,
+                       save_every=1)
+    result = train_ppo(start, tmp_path / "rl", config, task=DigitTask(), show_progress=False)
+    first, second, third = result.checkpoints
+    before = _weights(start)
+    for warm in (first, second):  # the model does not move while the critic warms up ...
+        assert all(torch.equal(before[k], v) for k, v in _weights(warm).items())
+    assert (first / VALUE_HEAD_FILE).read_bytes() != (second / VALUE_HEAD_FILE).read_bytes()  # ... the critic does
+    assert any(not torch.equal(before[k], v) for k, v in _weights(third).items())  # then the policy trains
+    rows = result.rows
+    assert all(math.isfinite(r["explained_variance"]) for r in rows)
+    assert rows[0]["explained_variance"] == pytest.approx(0.0, abs=1e-12)  # a zero-initialised head predicts 0s
+
+
+@pytest.mark.slow
+def test_the_control_arm_trains_on_shuffled_rewards(tmp_path, make_tiny_checkpoint):
+    from rlheal.models.checkpoint import read_manifest
+
+    start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
+    digits_before = first_token_prob(start, "0123456789")
+    with Store(tmp_path) as store:
+        real = train_ppo(start, tmp_path / "rl", PPOConfig(**TOY, updates=4, save_every=4), store=store,
+                         task=DigitTask(), show_progress=False)
+        control = train_ppo(start, tmp_path / "control", PPOConfig(**TOY, updates=4, save_every=4, control=True),
+                            store=store, task=DigitTask(), show_progress=False)
+        rows = store.rows(RL_UPDATES)
+    assert {r["algo"] for r in rows} == {"ppo", "ppo-control"}
+    assert read_manifest(control.checkpoints[-1]).label == "sft-0+ppo-control-4"
+    # the control arm logs the true rewards of its rollouts, but learns from rewards no longer tied to answers
+    gain_real = first_token_prob(real.checkpoints[-1], "0123456789") - digits_before
+    gain_control = first_token_prob(control.checkpoints[-1], "0123456789") - digits_before
+    assert gain_real > 0.3 and gain_control < gain_real / 3
+
+
+@pytest.mark.slow
+def test_adaptive_kl_and_the_kl_stop(tmp_path, make_tiny_checkpoint):
+    from rlheal.models.checkpoint import read_manifest
+    from rlheal.train.rl_math import adaptive_kl_coef
+
+    start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
+    config = PPOConfig(**TOY, updates=3, save_every=1, kl_coef=0.1, kl_target=1e-6, kl_horizon=100)
+    result = train_ppo(start, tmp_path / "rl", config, task=DigitTask(), show_progress=False)
+    coefs = [r["kl_coef"] for r in result.rows]
+    for before, after, row in zip(coefs, coefs[1:], result.rows, strict=False):  # each update's KL moves the next
+        assert after == pytest.approx(adaptive_kl_coef(before, row["kl"], 1e-6, 100, row["n_steps"]))
+    # update 1 plays the start itself (KL 0, below the target: the penalty shrinks); later updates are far
+    # above the tiny target: it grows
+    assert coefs[0] == 0.1 and coefs[1] < coefs[0] and coefs[2] > coefs[1]
+    assert read_manifest(result.checkpoints[-1]).extra["kl_coef"] == pytest.approx(
+        adaptive_kl_coef(coefs[-1], result.rows[-1]["kl"], 1e-6, 100, result.rows[-1]["n_steps"]))
+
+    stopping = PPOConfig(**TOY, updates=5, save_every=5, kl_stop=1e-9)
+    stopped = train_ppo(start, tmp_path / "stop", stopping, task=DigitTask(), show_progress=False)
+    assert [r["update"] for r in stopped.rows] == [1, 2]  # update 1 starts at the start (KL 0), update 2 passes
+    assert [p.name for p in stopped.checkpoints] == ["step-000002"]
+    assert read_manifest(stopped.checkpoints[0]).extra["kl_stopped"] is True
+    again = train_ppo(start, tmp_path / "stop", stopping, task=DigitTask(), show_progress=False)
+    assert again.rows == []  # a stopped run stays stopped

@@ -12,13 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlheal.train.rl_math import (
+    adaptive_kl_coef,
     advantage_stats,
     clipped_surrogate,
     clipped_value_loss,
+    explained_variance,
     gather_completion,
     kl_to_reference,
     minibatch_indices,
     normalize_advantages,
+    shuffled,
     turn_gae,
 )
 
@@ -167,3 +170,39 @@ def test_minibatch_indices_cover_every_step(n_steps, n_minibatches):
     assert set(seen) == set(range(n_steps))
     if n_steps >= n_minibatches:
         assert sorted(seen) == list(range(n_steps))  # a partition: each step exactly once
+
+
+def test_explained_variance_against_numpy_and_edge_cases():
+    rng = np.random.default_rng(1)
+    returns = rng.normal(size=50)
+    values = returns + rng.normal(scale=0.5, size=50)
+    expected = 1 - np.var(returns - values) / np.var(returns)
+    assert explained_variance(torch.tensor(values), torch.tensor(returns)) == pytest.approx(expected, rel=1e-12)
+    assert explained_variance(t([1.0, 2.0, 3.0]), t([1.0, 2.0, 3.0])) == pytest.approx(1.0)
+    assert explained_variance(t([2.0, 2.0, 2.0]), t([1.0, 2.0, 3.0])) == pytest.approx(0.0)  # the mean only
+    # every attempt right (+5), told apart only by a KL penalty of ~1e-7: undefined, not -1e12
+    nearly_flat = t([5.0, 5.0 - 1e-7, 5.0 - 3e-7])
+    assert math.isnan(explained_variance(t([0.0, 0.0, 0.0]), nearly_flat))
+    assert math.isnan(explained_variance(t([]), t([])))
+
+
+@pytest.mark.parametrize(("kl", "expected"), [
+    (3.0, 0.1 * (1 + 0.2 * 100 / 10_000)),  # above the target: the error is clipped at +0.2
+    (2.2, 0.1 * (1 + 0.1 * 100 / 10_000)),  # 10 % above: the coefficient grows by 0.1 * 100 / 10000
+    (1.0, 0.1 * (1 - 0.2 * 100 / 10_000)),  # below: clipped at -0.2
+    (2.0, 0.1),
+])
+def test_adaptive_kl_coefficient_by_hand(kl, expected):
+    assert adaptive_kl_coef(0.1, kl, target=2.0, horizon=10_000, n_steps=100) == pytest.approx(expected, rel=1e-12)
+
+
+def test_adaptive_kl_refuses_a_zero_target():
+    with pytest.raises(ValueError, match="target and horizon"):
+        adaptive_kl_coef(0.1, 1.0, target=0.0, horizon=10, n_steps=1)
+
+
+def test_shuffled_rewards_are_a_seeded_permutation():
+    rewards = t([5.0, -1.0, -3.0, 5.0, -2.0, 5.0])
+    a = shuffled(rewards, torch.Generator().manual_seed(3))
+    assert sorted(a.tolist()) == sorted(rewards.tolist()) and not torch.equal(a, rewards)
+    assert torch.equal(a, shuffled(rewards, torch.Generator().manual_seed(3)))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 HISTOGRAM_BINS = 20
+MIN_RETURN_VARIANCE = 1e-8  # returns that vary less than this leave the explained variance undefined
 
 
 def turn_gae(
@@ -149,10 +150,11 @@ def minibatch_indices(n_steps: int, n_minibatches: int, generator: torch.Generat
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     """1 − Var(returns − values) / Var(returns) (population variances): 1 when the critic predicts every return,
-    0 when it does no better than the mean, negative when worse; NaN when the returns do not vary."""
+    0 when it does no better than the mean, negative when worse; NaN when the returns do not vary (variance
+    below `MIN_RETURN_VARIANCE`, e.g. every attempt right and only a tiny KL penalty telling them apart)."""
     returns, values = returns.double(), values.double()
     spread = float(returns.var(unbiased=False)) if returns.numel() else 0.0
-    if spread == 0.0:
+    if spread < MIN_RETURN_VARIANCE:
         return math.nan
     return 1.0 - float((returns - values).var(unbiased=False)) / spread
 
