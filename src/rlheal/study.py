@@ -140,24 +140,29 @@ def decline_start(sft_rows: Sequence[dict[str, Any]], points: float) -> int | No
     return fallen[0] if fallen else None
 
 
-def window_starts(sft_rows: Sequence[dict[str, Any]]) -> list[int]:
-    """The `window` RL starts of one task, chosen on the selection half of the OOD problems: the checkpoint
-    before the OOD peak, the peak, the first checkpoint 5 points below the peak, the first checkpoint at or
-    below the midpoint of peak and end, and the last checkpoint; never the base (step 0). `sft_rows` are the
-    task's SFT eval rows (both splits). Returns ascending steps, without repeats."""
+WINDOW_ROLES = ("before-peak", "peak", "decline", "mid-decline", "end")
+
+
+def window_roles(sft_rows: Sequence[dict[str, Any]]) -> dict[str, int | None]:
+    """The SFT step of each `window` role of one task, chosen on the selection half of the OOD problems:
+    `before-peak` (the checkpoint before the OOD peak), `peak`, `decline` (the first checkpoint 5 points below
+    the peak), `mid-decline` (the first at or below the midpoint of peak and end) and `end` (the last); None for a
+    role no checkpoint fills. `sft_rows` are the task's SFT eval rows (both splits)."""
     ood = {r["step"]: selection_success(r) for r in sft_rows if r["split"] == "ood"}
     if not ood:
-        return []
+        return dict.fromkeys(WINDOW_ROLES)
     steps = sorted(ood)
     peak = max(steps, key=lambda s: (ood[s], -s))
-    end = steps[-1]
-    after = [s for s in steps if s > peak]
-    chosen = {peak, end, decline_start(sft_rows, 5.0)}
-    if steps.index(peak) > 0:
-        chosen.add(steps[steps.index(peak) - 1])
-    middle = (ood[peak] + ood[end]) / 2
-    chosen.add(next((s for s in after if ood[s] <= middle + 1e-12), None))
-    return sorted(s for s in chosen if s)
+    middle = (ood[peak] + ood[steps[-1]]) / 2
+    return {"before-peak": steps[steps.index(peak) - 1] if steps.index(peak) > 0 else None, "peak": peak,
+            "decline": decline_start(sft_rows, 5.0),
+            "mid-decline": next((s for s in steps if s > peak and ood[s] <= middle + 1e-12), None), "end": steps[-1]}
+
+
+def window_starts(sft_rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The `window` RL starts of one task: the steps of its `window_roles`, ascending, without repeats, never
+    the base (step 0)."""
+    return sorted({s for s in window_roles(sft_rows).values() if s})
 
 
 def _setup_logging(run: Run) -> logging.Handler:
