@@ -192,15 +192,17 @@ def test_the_config_schema_keeps_old_run_folders_resumable():
 
 
 def test_window_starts_take_the_peak_the_decline_its_middle_and_the_end():
-    from rlheal.study import window_starts
+    from rlheal.study import window_roles, window_starts
 
     #          step: 0     10    20    30    40    50    60
     ood = [0.30, 0.36, 0.40, 0.33, 0.25, 0.18, 0.10]
     rows = _rows(ood, [1.0] * len(ood))
     # before the peak (10), the peak (20), 5 points below it (30), at or below (40 + 10) / 2 = 25 % (40), the end
     assert window_starts(rows) == [10, 20, 30, 40, 60]
+    assert window_roles(rows) == {"before-peak": 10, "peak": 20, "decline": 30, "mid-decline": 40, "end": 60}
     at_base = _rows([0.40, 0.38, 0.30, 0.10], [1.0] * 4)
     assert window_starts(at_base) == [20, 30]  # the peak is the base: never a start; 5 points below and middle: 20
+    assert window_roles(at_base) == {"before-peak": None, "peak": 0, "decline": 20, "mid-decline": 20, "end": 30}
     assert window_starts([]) == []
 
 
