@@ -201,8 +201,9 @@ def test_window_starts_take_the_peak_the_decline_its_middle_and_the_end():
     assert window_starts(rows) == [10, 20, 30, 40, 60]
     assert window_roles(rows) == {"before-peak": 10, "peak": 20, "decline": 30, "mid-decline": 40, "end": 60}
     at_base = _rows([0.40, 0.38, 0.30, 0.10], [1.0] * 4)
-    assert window_starts(at_base) == [20, 30]  # the peak is the base: never a start; 5 points below and middle: 20
-    assert window_roles(at_base) == {"before-peak": None, "peak": 0, "decline": 20, "mid-decline": 20, "end": 30}
+    # the peak is the base: never a start; 5 points below it: 20 (30 %); at or below the middle (25 %): the end
+    assert window_starts(at_base) == [20, 30]
+    assert window_roles(at_base) == {"before-peak": None, "peak": 0, "decline": 20, "mid-decline": 30, "end": 30}
     assert window_starts([]) == []
 
 
