@@ -22,9 +22,17 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from rlheal.atomic import write_text
 from rlheal.models.checkpoint import (
@@ -49,6 +57,8 @@ LOSSES = Table(
 )
 SFT_DIR = "sft"
 TRAIN_LOG = "train_log.json"
+METHOD_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
+METHOD_FIELDS = ("method", "method_modules", "lora_rank", "lora_alpha", "penalty_weight", "penalty_k")
 
 
 class SFTConfigError(ValueError):
@@ -78,6 +88,33 @@ class SFTConfig(BaseModel):
     max_length: int = Field(1024, ge=16)
     bf16: bool = False
     seed: int = 0
+    method: Literal["full", "lora", "rotation_penalty", "sigma_only"] = Field(
+        "full", description="how the weights may move: full, lora (adapters, saved merged), rotation_penalty "
+        "(full SFT plus a penalty on turning the base's top-k singular subspaces), sigma_only (only singular "
+        "values train, in the base's singular basis); docs/RESULTS.md")
+    method_modules: list[str] = Field(default_factory=lambda: list(METHOD_MODULES), min_length=1,
+                                      description="the decoder projections the method acts on (q, k, v, o, gate, up, down)")
+    lora_rank: int = Field(8, ge=1, description="lora: the adapters' rank")
+    lora_alpha: float = Field(16.0, gt=0, description="lora: the adapters' scale numerator (scale = alpha / rank)")
+    penalty_weight: float = Field(1.0, ge=0, description="rotation_penalty: its weight in the loss")
+    penalty_k: float = Field(0.2, gt=0, description="rotation_penalty: the top-k subspaces kept, a fraction of the "
+                             "rank (≤ 1) or a count")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_method(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dumps leave out the method's settings while they are the defaults (plain full SFT), so configs without
+        them keep their hashes and study fingerprints."""
+        data = handler(self)
+        fields = type(self).model_fields
+        if all(getattr(self, n) == fields[n].get_default(call_default_factory=True) for n in METHOD_FIELDS):
+            for name in METHOD_FIELDS:
+                data.pop(name, None)
+        return data
+
+    @field_validator("method_modules")
+    @classmethod
+    def _known_modules(cls, value: list[str]) -> list[str]:
+        return check_names("method_modules", value, METHOD_MODULES)
 
     @field_validator("tasks")
     @classmethod
@@ -243,6 +280,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
     from rlheal.evaluate import eval_problems
     from rlheal.models.checkpoint import load_model
     from rlheal.tasks import get_task
+    from rlheal.train import sft_methods
 
     out = Path(out)
     tasks = [get_task(name, profile=cfg.profile) for name in cfg.tasks]
@@ -251,6 +289,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
     chash = config_hash(cfg, start)
     saved = existing_steps(out, chash, path_config_hash(cfg, start))
     model, tokenizer = load_model(start)
+    model, penalty = sft_methods.prepare(model, cfg)
     model.train()
     loss_sets = {(t.name, split): [(t.prompt(p), t.answer(p))
                                    for p in eval_problems(t, split, seed=cfg.loss_eval_seed, episodes=cfg.loss_eval_n)]
@@ -275,6 +314,8 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
                     manifest = Manifest(stage="sft", step=step, parent=str(start.resolve()), seed=cfg.seed,
                                         config_hash=chash, extra={"tasks": cfg.tasks, "profile": cfg.profile})
                     unwrapped = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+                    if cfg.method in ("lora", "sigma_only"):  # a plain HF model, as every other stage reads
+                        unwrapped, state_dict = sft_methods.plain_weights(unwrapped, cfg.method)
                     save_model(unwrapped, tokenizer, folder, manifest, overwrite=False, state_dict=state_dict)
                 store.put(LOSSES, [{"checkpoint": str(folder.resolve()), "task": task, "split": split,
                                     "step": step, "loss": loss, "n_tokens": n}
@@ -311,9 +352,19 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
         logging_steps=1,
         disable_tqdm=not progress,
     )
+    class PenalizedTrainer(SFTTrainer):
+        """TRL's SFTTrainer with the method's penalty added to every training loss."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if return_outputs:
+                return result[0] + penalty(), result[1]
+            return result + penalty()
+
     callback = ScheduleCallback()
     started = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+    trainer = (SFTTrainer if penalty is None else PenalizedTrainer)(model=model, args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(sft_examples(tasks, cfg.n_train, cfg.train_seed)),
                          callbacks=[callback])
     callback.trainer = trainer
