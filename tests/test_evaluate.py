@@ -290,7 +290,7 @@ def cli(*args):
 
 
 EVAL_ARGS = ("--tasks", "det", "--splits", "id,ood", "--episodes", 3, "--max-attempts", 1, "--max-new-tokens", 4,
-             "--quiet")
+             "--quiet", "--profile", "compact")
 
 
 @pytest.mark.slow
@@ -318,7 +318,9 @@ def test_cli_eval_and_results_on_a_folder_of_trainer_checkpoints(trainer_output)
     parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert [(r["step"], r["split"], float(r["success_rate"])) for r in parsed] == \
         [(str(r["step"]), r["split"], r["success_rate"]) for r in rows]
-    assert json.loads(parsed[0]["decoding"]) == rows[0]["decoding"]
+    # flat: mappings spread into columns, lists (solved_at) left out, no JSON in any cell
+    assert parsed[0]["decoding.max_new_tokens"] == "4" and parsed[0]["versions.torch"] == rows[0]["versions"]["torch"]
+    assert "solved_at" not in parsed[0] and not any(v.startswith(("{", "[")) for r in parsed for v in r.values())
 
     as_table = cli("results", trainer_output)
     assert as_table.exit_code == 0
@@ -357,6 +359,6 @@ def test_cli_eval_of_a_corrupt_checkpoint_fails_cleanly(tmp_path, trainer_output
 
 def test_cli_eval_rejects_invalid_settings(tmp_path, trainer_output):
     result = cli("eval", trainer_output, "--splits", "id,xx", "--store", tmp_path / "run")
-    assert result.exit_code == 1 and "splits" in result.output
+    assert result.exit_code == 2 and "splits" in result.output
     result = cli("eval", trainer_output, "--temperature", "-1", "--store", tmp_path / "run")
-    assert result.exit_code == 1 and "temperature must be >= 0" in result.output
+    assert result.exit_code == 2 and "--temperature" in result.output

@@ -178,4 +178,4 @@ def test_results_and_report_commands(quick_run):
     rebuilt = runner.invoke(app, ["report", str(out)])
     assert rebuilt.exit_code == 0 and report.exists()
     missing = runner.invoke(app, ["report", str(out / "nope")])
-    assert missing.exit_code == 2 and "no results store" in missing.output
+    assert missing.exit_code == 1 and "no results store" in missing.output

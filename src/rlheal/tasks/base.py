@@ -125,6 +125,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     default_max_attempts: ClassVar[int]
+    summary: ClassVar[str] = ""  # one line for `rlheal tasks list`: what is asked, and what ID and OOD differ in
 
     def __init__(self, profile: str = "compact") -> None:
         if profile not in PROFILES:

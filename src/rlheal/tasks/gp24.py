@@ -94,6 +94,7 @@ class GeneralPoints(Task):
     (default 13: ID cards from A..K; lower it to draw ID hands from fewer ranks, e.g. for RL problems)."""
 
     name: ClassVar[str] = "gp24"
+    summary: ClassVar[str] = "make 24 from four cards; ID counts J/Q/K as 10, OOD as 11/12/13 (the paper's GeneralPoints)"
     ood_faces: ClassVar[tuple[int, int, int]] = OOD_FACES
     feedback_names_values: ClassVar[bool] = True  # the wrong-numbers feedback states the card values
     default_max_attempts: ClassVar[int] = 5
@@ -163,6 +164,7 @@ class GeneralPointsLowFaces(GeneralPoints):
     """`gp24-low`: GeneralPoints whose OOD rule keeps J/Q/K inside the ID value range (1/2/3)."""
 
     name: ClassVar[str] = "gp24-low"
+    summary: ClassVar[str] = "gp24 whose OOD rule counts J/Q/K as 1/2/3: only reading the stated rule tells OOD from ID"
     ood_faces: ClassVar[tuple[int, int, int]] = (1, 2, 3)
 
 
@@ -171,4 +173,5 @@ class GeneralPointsLowFacesBlind(GeneralPointsLowFaces):
     can repair a misread rule only by reading it again (a diagnostic variant)."""
 
     name: ClassVar[str] = "gp24-low-blind"
+    summary: ClassVar[str] = "gp24-low whose revision feedback never states the card values"
     feedback_names_values: ClassVar[bool] = False

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,24 +104,30 @@ class SFTConfig(BaseModel):
             raise SFTConfigError(f"schedule: {exc}") from exc
 
 
-def load_sft_config(path: str | Path) -> SFTConfig:
-    """Read and validate a YAML SFT config (an optional top-level `sft:` section is accepted)."""
-    path = Path(path)
+def load_sft_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> SFTConfig:
+    """Read and validate a YAML SFT config (an optional top-level `sft:` section is accepted); None gives the
+    built-in study's SFT settings. `overrides` ({field: value}) replace fields before validation."""
+    source = "the built-in study's SFT settings" if path is None else str(path)
+    if path is None:
+        from rlheal.config import StudyConfig
+
+        data: Any = StudyConfig().sft.model_dump()
+    else:
+        try:
+            data = load_yaml_file(Path(path))
+        except YamlInputError as exc:
+            raise SFTConfigError(str(exc)) from None
+        if data is None:
+            raise SFTConfigError(f"{path} holds no settings: write the SFT fields (see rlheal.train.sft.SFTConfig)")
+        if isinstance(data, dict) and isinstance(data.get("sft"), dict):
+            data = data["sft"]
+        if not isinstance(data, dict):
+            raise SFTConfigError(f"{path} must hold a mapping of SFT settings, found {type(data).__name__}")
     try:
-        data = load_yaml_file(path)
-    except YamlInputError as exc:
-        raise SFTConfigError(str(exc)) from None
-    if data is None:
-        raise SFTConfigError(f"{path} holds no settings: write the SFT fields (see rlheal.train.sft.SFTConfig)")
-    if isinstance(data, dict) and isinstance(data.get("sft"), dict):
-        data = data["sft"]
-    if not isinstance(data, dict):
-        raise SFTConfigError(f"{path} must hold a mapping of SFT settings, found {type(data).__name__}")
-    try:
-        return SFTConfig(**data)
+        return SFTConfig(**{**data, **(overrides or {})})
     except ValidationError as exc:
         problems = "; ".join(f"field '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
-        raise SFTConfigError(f"{path}: {problems}") from exc
+        raise SFTConfigError(f"{source}: {problems}") from exc
 
 
 def sft_examples(tasks: Sequence[Any], n: int, seed: int) -> list[dict[str, list[dict[str, str]]]]:
@@ -233,16 +239,24 @@ def existing_steps(out: Path, expected_hash: str, *older_hashes: str) -> set[int
     return saved
 
 
-def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True) -> list[Path]:
-    """Train per `cfg` into the run folder `out`; returns the folders of all scheduled checkpoints."""
+def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True,
+            report_to: Sequence[str] = ()) -> list[Path]:
+    """Train per `cfg` into the run folder `out`; returns the folders of all scheduled checkpoints.
+
+    `progress` shows one bar over the steps; the trainer's own log lines appear only while transformers'
+    logging is at INFO or WARNING (its default; `rlheal --verbose`). With `report_to` (`rlheal.tracking`) the
+    trainer reports to those trackers as run `sft`, the scheduled test losses included."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
+    from transformers.utils import logging as hf_logging
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
     from rlheal.evaluate import eval_problems
     from rlheal.models.checkpoint import load_model
+    from rlheal.progress import bar
     from rlheal.tasks import get_task
+    from rlheal.tracking import TrainerReporting
 
     out = Path(out)
     tasks = [get_task(name, profile=cfg.profile) for name in cfg.tasks]
@@ -263,6 +277,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
         """Save + loss rows at scheduled steps; stop after the last step still to do."""
 
         trainer: Any = None
+        bar: Any = None
 
         def checkpoint(self, step: int) -> None:
             if step not in todo:
@@ -279,6 +294,8 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
                 store.put(LOSSES, [{"checkpoint": str(folder.resolve()), "task": task, "split": split,
                                     "step": step, "loss": loss, "n_tokens": n}
                                    for (task, split), (loss, n) in losses.items()])
+            if report_to:
+                trainer.log({f"test_loss/{task}/{split}": loss for (task, split), (loss, _) in losses.items()})
             trainer.accelerator.wait_for_everyone()
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -286,9 +303,11 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
 
         def on_step_end(self, args, state, control, **kwargs):
             self.checkpoint(state.global_step)
+            self.bar.advance(1, description=f"SFT step {state.global_step}")
             if state.global_step >= max(todo):
                 control.should_training_stop = True
 
+    reporting = TrainerReporting(report_to, out, "sft")
     args = TRLConfig(
         output_dir=str(out / SFT_DIR / ".trainer"),
         max_steps=cfg.steps,
@@ -305,21 +324,23 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
         packing=False,
         bf16=cfg.bf16,
         optim="adamw_torch",
-        report_to="none",
         save_strategy="no",
         eval_strategy="no",
         logging_steps=1,
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # rlheal's own bar instead
+        **reporting.arguments,
     )
     callback = ScheduleCallback()
     started = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                         train_dataset=Dataset.from_list(sft_examples(tasks, cfg.n_train, cfg.train_seed)),
-                         callbacks=[callback])
+    with reporting:
+        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list(sft_examples(tasks, cfg.n_train, cfg.train_seed)),
+                             callbacks=[callback])
     callback.trainer = trainer
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines (the history is still kept)
-    trainer.train()
+    if hf_logging.get_verbosity() > hf_logging.WARNING:
+        trainer.remove_callback(PrinterCallback)  # no per-step log dicts (the history is still kept)
+    with bar("SFT", total=max(todo), enabled=progress) as callback.bar:
+        trainer.train()
     if trainer.is_world_process_zero():
         log = {"wall_s": round(time.perf_counter() - started, 2), "config_hash": chash,
                "history": [h for h in trainer.state.log_history if "loss" in h]}
