@@ -252,7 +252,8 @@ def evaluate(
                                              eval_set=c[3])]
     stored = {c: _stored_outcomes(store, *c) for c in todo}
     left = sum(episodes - len(found) for found in stored.values())
-    labels = {folder: unique_label(store, folder, manifests[folder].label) for folder in dict.fromkeys(c[0] for c in todo)}
+    taken = stored_labels(store)
+    labels = {folder: unique_label(taken, folder, manifests[folder].label) for folder in dict.fromkeys(c[0] for c in todo)}
     with bar("evaluating", total=len(todo) * episodes, completed=len(todo) * episodes - left,
              enabled=show_progress) as progress:
         for folder in labels:
@@ -306,17 +307,25 @@ def _store_outcomes(store: Store, combo: tuple[Path, Task, str, str], positions:
     return found
 
 
-def unique_label(store: Store, folder: Path, label: str) -> str:
-    """`label`, unless the store's `evals` rows give it to another checkpoint: then `<parent folder>/<label>`,
-    or failing that `label#2`, `label#3`, ... (a checkpoint keeps the label it was first stored with)."""
+def stored_labels(store: Store) -> dict[str, str]:
+    """{label: the checkpoint it was first stored with} of the store's `evals` rows."""
     taken: dict[str, str] = {}
     for row in store.rows(EVALS):
         taken.setdefault(row["label"], row["checkpoint"])
-    mine = [lab for lab, ck in taken.items() if ck == str(folder)]
-    if mine:
-        return mine[0]
+    return taken
+
+
+def unique_label(taken: dict[str, str], folder: Path, label: str) -> str:
+    """The label of checkpoint `folder` given the labels `taken` ({label: checkpoint}, updated): the one it
+    already has, else `label` unless another checkpoint has it, then `<parent folder>/<label>`, then `label#2`,
+    `label#3`, ..."""
+    mine = next((lab for lab, checkpoint in taken.items() if checkpoint == str(folder)), None)
+    if mine is not None:
+        return mine
     candidates = [label, f"{Path(folder).parent.name}/{label}", *(f"{label}#{n}" for n in range(2, len(taken) + 3))]
-    return next(c for c in candidates if c not in taken)
+    chosen = next(c for c in candidates if c not in taken)
+    taken[chosen] = str(folder)
+    return chosen
 
 
 def ood_peak(store: Store, task: str, eval_set: str | None = None) -> dict[str, Any] | None:

@@ -2,8 +2,8 @@
 finished stage with its elapsed time, and notes. Everything goes to standard error, so standard output
 holds only a command's result (tables, JSON, CSV).
 
-`bar(...)` shows nothing when disabled or when there is nothing to do (a resumed run draws no `0/0` bars);
-a finished bar disappears, leaving the stage lines. Notes (a warning a person must see) are printed whether
+`bar(...)` shows nothing when disabled, when there is nothing to do (a resumed run draws no `0/0` bars) or
+when standard error is not a terminal; a finished bar disappears, leaving the stage lines. Notes (a warning a person must see) are printed whether
 bars are shown or not.
 """
 
@@ -79,9 +79,10 @@ def _described(description: str | None) -> dict[str, str]:
 
 @contextmanager
 def bar(description: str, total: float, enabled: bool = True, completed: float = 0) -> Iterator[Bar]:
-    """A transient bar: description, bar, done/total, elapsed, ETA. Shows nothing when `enabled` is false or
-    nothing is left to do (`completed >= total`)."""
-    if not enabled or total <= 0 or completed >= total:
+    """A transient bar: description, bar, done/total, elapsed, ETA. Shows nothing when `enabled` is false,
+    nothing is left to do (`completed >= total`) or standard error is not a terminal (a pipe or a log file)."""
+    shown = console()
+    if not enabled or total <= 0 or completed >= total or not shown.is_terminal:
         yield Bar()
         return
     from rich.progress import (
@@ -95,5 +96,5 @@ def bar(description: str, total: float, enabled: bool = True, completed: float =
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console(), transient=True) as progress:
+    with Progress(*columns, console=shown, transient=True) as progress:
         yield Bar(progress, progress.add_task(description, total=total, completed=completed))

@@ -71,7 +71,7 @@ def check_before_claiming(cfg: StudyConfig) -> None:
     built-in base nor a checkpoint folder, an SFT schedule that does not fit its steps, RL starts it does not save."""
     from rlheal.models.builtin import RECIPES
     from rlheal.models.checkpoint import CheckpointError, check_checkpoint
-    from rlheal.train.sft import SFTConfigError
+    from rlheal.train.sft import SFTConfigError, bf16_available
 
     if cfg.model.startswith("builtin"):
         if cfg.model not in RECIPES:
@@ -81,7 +81,7 @@ def check_before_claiming(cfg: StudyConfig) -> None:
             check_checkpoint(Path(cfg.model).expanduser())
         except CheckpointError as exc:
             raise StudyConfigError(f"model: {exc}") from None
-    if cfg.sft.bf16 and not _bf16_available():
+    if cfg.sft.bf16 and not bf16_available():
         raise StudyConfigError("sft.bf16: this machine has no GPU that computes in bfloat16; set sft.bf16=false "
                          "(--set sft.bf16=false) or run on such a GPU")
     try:
@@ -91,12 +91,6 @@ def check_before_claiming(cfg: StudyConfig) -> None:
     if isinstance(cfg.rl.starts, list) and (missing := [s for s in cfg.rl.starts if s not in saved]):
         raise StudyConfigError(f"rl.starts names SFT steps {missing} that the SFT schedule does not save; it saves "
                          f"steps {saved}: change rl.starts or sft.schedule")
-
-
-def _bf16_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def made_nothing(root: Path) -> bool:
@@ -252,7 +246,7 @@ class Study:
         from rlheal.train.sft import run_sft
 
         cfg = self.cfg.sft.model_copy(update={"model": str(base)})
-        return run_sft(cfg, self.run.root, self.store, progress=self.progress, report_to=self.trackers.report_to)
+        return run_sft(cfg, self.run.root, self.store, progress=self.progress, trackers=self.trackers)
 
     def evaluate(self, checkpoints: Sequence[Path]) -> tuple[int, int]:
         """Evaluate `checkpoints` on the study's eval sets; returns (rows in all, rows computed now)."""
@@ -329,7 +323,8 @@ class Study:
         from rlheal.spectral.sweep import run_spectrum
 
         sp = self.cfg.spectral
-        pairs = [(ref, t) for ref in references.values() for t in targets
+        unique = {Path(ref).resolve(): ref for ref in references.values()}  # the OOD peak may be the base
+        pairs = [(ref, t) for ref in unique.values() for t in targets
                  if Path(ref).resolve() != Path(t).resolve()
                  and not self.store.has(SPECTRAL, target=str(Path(t).resolve()), reference=str(Path(ref).resolve()))]
         if not pairs:

@@ -49,20 +49,18 @@ def root(ctx: typer.Context,
 def main(args: list[str] | None = None) -> None:
     """Run `rlheal` with `args` (default: the command line) and exit with its status; a usage error (exit
     status 2) is one line naming the `--help` to read."""
-    import click
-
-    from rlheal.cli.common import one_line
+    from rlheal.cli.common import CLICK_ERROR, USAGE_ERROR, one_line
 
     try:
         code = app(args=args, prog_name="rlheal", standalone_mode=False)
-    except click.UsageError as exc:
+    except USAGE_ERROR as exc:
         where = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
         print(f"error: {one_line(exc.format_message())}{where}", file=sys.stderr)
         sys.exit(2)
-    except click.ClickException as exc:
+    except CLICK_ERROR as exc:
         print(f"error: {one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

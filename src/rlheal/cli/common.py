@@ -21,6 +21,9 @@ from typing import Annotated, Any
 import typer
 
 _OUTPUT = {"quiet": False}
+# click's exception classes, as typer raises them (it may bundle its own click)
+USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 LIBRARIES = ("transformers", "trl", "datasets", "accelerate", "huggingface_hub", "torch", "tokenizers", "safetensors")
 _QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
               "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
@@ -112,7 +115,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
         configure_output(quiet=quiet, verbose=verbose)
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):
+        except (typer.Exit, typer.Abort, SystemExit, CLICK_ERROR):
             raise
         except KeyboardInterrupt:
             if debug:

@@ -20,6 +20,14 @@ STORE_HELP = ("Run folder whose results.sqlite receives the rows; default: the n
 TABLE_COLUMNS = ("label", "checkpoint", "stage", "step", "task", "split", "success_rate", "ci_low", "ci_high",
                  "n_episodes", "format_error_rate", "mean_attempts", "first_attempt_acc", "eval_set")
 _STAGE_ORDER = ("base", "sft", "rl", "edit", "external")
+# what the printed table shows of the wider tables (exports hold every column)
+PRINTED_COLUMNS = {
+    "rl_updates": ("run_id", "update", "algo", "task", "mean_reward", "success_rate", "format_rate", "kl",
+                   "clip_frac", "explained_variance", "no_signal"),
+    "spectral": ("target", "reference", "tensor", "k_label", "mean_abs_rel_sigma_drift", "top_left_mean_deg",
+                 "top_right_mean_deg", "tail_left_mean_deg", "diag_share", "offdiag_share"),
+    "spectral_sigma": ("target", "reference", "tensor", "layer", "module", "method"),
+}
 
 
 class Format(StrEnum):
@@ -168,7 +176,7 @@ def results_command(
         if table is TableName.evals:
             rows = sorted(rows, key=_row_order)
         if output is Format.table:
-            _print_evals(rows, results.root) if table is TableName.evals else _print_rows(table.value, rows)
+            _print_evals(rows, results.root) if table is TableName.evals else _print_rows(table.value, rows, results.root)
             if table is TableName.evals and any(r["stage"] == "rl" for r in rows):
                 from rlheal.train.sweep import rl_summary
 
@@ -214,16 +222,20 @@ def _print_evals(rows: list[dict[str, Any]], root: Path) -> None:
     _console().print(table)
 
 
-def _print_rows(name: str, rows: list[dict[str, Any]]) -> None:
-    """Any table's rows, one value per cell (see `rlheal.export.flat`), angles in degrees."""
+def _print_rows(name: str, rows: list[dict[str, Any]], root: Path) -> None:
+    """A table's rows, one value per cell (see `rlheal.export.flat`), angles in degrees, paths relative to the run
+    folder; the wide tables show the columns of PRINTED_COLUMNS."""
     from rich.table import Table
 
-    from rlheal.export import export_rows, flat
+    from rlheal.export import export_rows, flat, tables
 
     columns, cells = flat(export_rows(rows))
+    columns = [c for c in PRINTED_COLUMNS.get(name, columns) if c in columns]
+    paths = tables()[name].path_columns
     table = Table(*columns, title=f"{len(rows)} rows of {name}")
     for row in cells:
-        table.add_row(*(plain("" if v is None else f"{v:.4g}" if isinstance(v, float) else v) for v in row.values()))
+        table.add_row(*(plain(_shown_path(row[c], root) if c in paths else "" if row[c] is None
+                              else f"{row[c]:.4g}" if isinstance(row[c], float) else row[c]) for c in columns))
     _console().print(table)
 
 

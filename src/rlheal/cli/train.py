@@ -30,15 +30,18 @@ def sft_command(
     from rlheal.lock import run_lock
     from rlheal.progress import duration, note, stage_line
     from rlheal.store import Store
-    from rlheal.tracking import parse_report_to
+    from rlheal.tracking import Trackers, parse_report_to
     from rlheal.train.sft import load_sft_config, run_sft
 
-    trackers = parse_report_to(report_to)
+    trackers = Trackers(parse_report_to(report_to), out)
     cfg = load_sft_config(config, parse_overrides(settings or [], example="steps=60"))
     began = time.perf_counter()
     with run_lock(out), Store(out) as store:
         clean_stale(out)
-        folders = run_sft(cfg, out, store, progress=show_bars(), report_to=trackers)
+        try:
+            folders = run_sft(cfg, out, store, progress=show_bars(), trackers=trackers)
+        finally:
+            trackers.close()
     note(stage_line("sft", time.perf_counter() - began, f"{len(folders)} checkpoints"))
     typer.echo(f"{len(folders)} checkpoints in {out / 'sft'}; losses in {out / 'results.sqlite'} "
                f"({duration(time.perf_counter() - began)})")

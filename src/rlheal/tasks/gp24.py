@@ -6,7 +6,7 @@ OOD: three cards uniform, one drawn from J/Q/K, shuffled; J/Q/K count 11/12/13. 
 redrawn. The rule is stated in the prompt.
 `gp24-low` is the same game with an OOD rule inside the ID value range, J/Q/K = 1/2/3: its OOD hands need no
 number above 10, so what separates OOD from ID is only reading the stated rule.
-Rewards per attempt (PAPER.md §2): +5 correct, -1 right numbers but wrong value, -2 numbers not exactly the
+Rewards per attempt (the paper's §2): +5 correct, -1 right numbers but wrong value, -2 numbers not exactly the
 hand's, -3 illegal formula or no answer found.
 """
 

@@ -22,7 +22,7 @@ One update is one rollout of `prompts_per_update` problems × `num_generations` 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,12 +99,14 @@ def train_grpo(
     task: Any = None,
     show_progress: bool = True,
     report_to: Sequence[str] = (),
+    on_played: Callable[[int, Sequence[Any]], None] | None = None,
 ) -> RLResult:
     """Run GRPO from checkpoint `start` into `out/step-XXXXXX/` (resuming from the latest checkpoint there).
 
     Same contract as `train_ppo`: rows to `store` (`rl_updates`, algo "grpo"; value_loss is None, kl is None
     when beta = 0), checkpoints with an rlheal manifest whose parent is `start`. TRL reports its own logs to
-    the trackers of `report_to` (`rlheal.tracking`), as tracker run `rl/<out folder name>`.
+    the trackers of `report_to` (`rlheal.tracking`), as tracker run `rl/<out folder name>`;
+    `on_played(update, played)` receives the main process's episodes of each rollout (samples).
     """
     import torch
     from accelerate.utils import gather_object
@@ -151,6 +153,8 @@ def train_grpo(
         played = play(task, [by_prompt[p[-1]["content"]] for p in prompts], backend,
                       max_attempts=config.max_attempts, decoding=decoding)
         state["played"] = played
+        if on_played is not None and trainer.accelerator.is_main_process:
+            on_played(done + state["calls"], played)
         tokens = [episode_tokens(pe.generations) for pe in played]
         return {"prompt_ids": [t[0] for t in tokens], "completion_ids": [t[1] for t in tokens],
                 "env_mask": [t[2] for t in tokens], "logprobs": None,

@@ -1,4 +1,4 @@
-"""Turn-level PPO as in the paper (PAPER.md §3), in one readable module in the spirit of CleanRL.
+"""Turn-level PPO as in the paper (its §3), in one readable module in the spirit of CleanRL.
 
 One update:
 1. Rollout: play `episodes_per_update` ID episodes with the revision protocol (`rlheal.rollout.play`) at the

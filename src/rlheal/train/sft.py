@@ -38,6 +38,7 @@ from rlheal.models.checkpoint import (
 from rlheal.provenance import stable_hash
 from rlheal.store import Store, Table
 from rlheal.tasks.base import PROFILES, check_names
+from rlheal.tracking import Trackers
 from rlheal.train.schedule import ScheduleError, resolve_schedule
 from rlheal.yaml_input import YamlInputError, load_yaml_file
 
@@ -194,7 +195,17 @@ def resolve_model(name: str, progress: bool = True) -> Path:
         if name not in RECIPES:
             raise SFTConfigError(f"unknown built-in model {name!r}; valid: {', '.join(RECIPES)}")
         return builtin_base(RECIPES[name], progress=progress)
-    return check_checkpoint(Path(name).expanduser())
+    try:
+        return check_checkpoint(Path(name).expanduser())
+    except CheckpointError as exc:
+        raise SFTConfigError(f"model: {exc}") from None
+
+
+def bf16_available() -> bool:
+    """Whether this machine trains in bfloat16 (a CUDA GPU that supports it)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def step_folder(out: Path, step: int) -> Path:
@@ -240,12 +251,12 @@ def existing_steps(out: Path, expected_hash: str, *older_hashes: str) -> set[int
 
 
 def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True,
-            report_to: Sequence[str] = ()) -> list[Path]:
+            trackers: Trackers | None = None) -> list[Path]:
     """Train per `cfg` into the run folder `out`; returns the folders of all scheduled checkpoints.
 
     `progress` shows one bar over the steps; the trainer's own log lines appear only while transformers'
-    logging is at INFO or WARNING (its default; `rlheal --verbose`). With `report_to` (`rlheal.tracking`) the
-    trainer reports to those trackers as run `sft`, the scheduled test losses included."""
+    logging is at INFO or WARNING (its default; `rlheal --verbose`). With `trackers` (`rlheal.tracking`) the
+    trainer reports to the same trackers as run `sft`, and the scheduled test losses go to run `eval/sft`."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from transformers.utils import logging as hf_logging
@@ -259,6 +270,8 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
     from rlheal.tracking import TrainerReporting
 
     out = Path(out)
+    if cfg.bf16 and not bf16_available():
+        raise SFTConfigError("bf16: this machine has no GPU that computes in bfloat16; set bf16 to false")
     tasks = [get_task(name, profile=cfg.profile) for name in cfg.tasks]
     schedule = cfg.checkpoint_steps()
     start = resolve_model(cfg.model, progress=progress)
@@ -294,8 +307,9 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
                 store.put(LOSSES, [{"checkpoint": str(folder.resolve()), "task": task, "split": split,
                                     "step": step, "loss": loss, "n_tokens": n}
                                    for (task, split), (loss, n) in losses.items()])
-            if report_to:
-                trainer.log({f"test_loss/{task}/{split}": loss for (task, split), (loss, _) in losses.items()})
+            if trackers is not None and trainer.is_world_process_zero():
+                trackers.log("eval/sft", {f"{task}/{split}/test_loss": loss for (task, split), (loss, _) in
+                                          losses.items()}, step)
             trainer.accelerator.wait_for_everyone()
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -307,7 +321,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
             if state.global_step >= max(todo):
                 control.should_training_stop = True
 
-    reporting = TrainerReporting(report_to, out, "sft")
+    reporting = TrainerReporting(trackers.report_to if trackers else [], out, "sft")
     args = TRLConfig(
         output_dir=str(out / SFT_DIR / ".trainer"),
         max_steps=cfg.steps,

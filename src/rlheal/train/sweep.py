@@ -85,7 +85,7 @@ def run_sweep(
     of the trained task, into `run/results.sqlite` (with `eval_decoding`, default greedy `Decoding()`, the
     evaluator's default, so the starts' rows from the SFT sweep are reused) and `eval_max_attempts` attempts
     per episode (default: the RL config's, which defaults to the task's). `task` (a Task object) overrides
-    the config's task name. `samples` receives the RL episodes (PPO), `eval_samples` the evaluation's;
+    the config's task name. `samples` receives the RL episodes, `eval_samples` the evaluation's;
     `trackers` the update and evaluation rows (GRPO reports through TRL to the same trackers).
     Returns `rl_summary` rows of the starts of this sweep."""
     from rlheal.evaluate import evaluate
@@ -102,13 +102,13 @@ def run_sweep(
     with Store(run) as store:
         for start in starts:
             out = rl_folder(run, start, config.arm)
+            on_played = _sample_writer(samples, start, out, config.arm)
             if algo == "ppo":
                 result = train_ppo(start, out, config, store=store, task=task, show_progress=show_progress,
-                                   on_update=trackers.log_update_row, on_played=_sample_writer(samples, start, out,
-                                                                                               config.arm))
+                                   on_update=trackers.log_update_row, on_played=on_played)
             else:
                 result = train_grpo(start, out, config, store=store, task=task, show_progress=show_progress,
-                                    report_to=trackers.report_to)
+                                    report_to=trackers.report_to, on_played=on_played)
             restore_updates(store, out, start)  # rows a lost or moved-aside store no longer holds
             if result.no_signal:
                 note(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
@@ -122,7 +122,7 @@ def run_sweep(
 
 
 def _sample_writer(samples: SampleLog | None, start: Path, out: Path, arm: str):
-    """`train_ppo`'s `on_played` that writes each update's episodes to `samples` (None without samples)."""
+    """The trainers' `on_played` that writes each update's episodes to `samples` (None without samples)."""
     if samples is None:
         return None
     context = {"run_id": str(out.resolve()), "start": str(start.resolve()), "arm": arm}
