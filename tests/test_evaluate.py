@@ -290,7 +290,7 @@ def cli(*args):
 
 
 EVAL_ARGS = ("--tasks", "det", "--splits", "id,ood", "--episodes", 3, "--max-attempts", 1, "--max-new-tokens", 4,
-             "--quiet")
+             "--quiet", "--profile", "compact")
 
 
 @pytest.mark.slow
@@ -318,7 +318,9 @@ def test_cli_eval_and_results_on_a_folder_of_trainer_checkpoints(trainer_output)
     parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert [(r["step"], r["split"], float(r["success_rate"])) for r in parsed] == \
         [(str(r["step"]), r["split"], r["success_rate"]) for r in rows]
-    assert json.loads(parsed[0]["decoding"]) == rows[0]["decoding"]
+    # flat: mappings spread into columns, lists (solved_at) left out, no JSON in any cell
+    assert parsed[0]["decoding.max_new_tokens"] == "4" and parsed[0]["versions.torch"] == rows[0]["versions"]["torch"]
+    assert "solved_at" not in parsed[0] and not any(v.startswith(("{", "[")) for r in parsed for v in r.values())
 
     as_table = cli("results", trainer_output)
     assert as_table.exit_code == 0
@@ -357,6 +359,88 @@ def test_cli_eval_of_a_corrupt_checkpoint_fails_cleanly(tmp_path, trainer_output
 
 def test_cli_eval_rejects_invalid_settings(tmp_path, trainer_output):
     result = cli("eval", trainer_output, "--splits", "id,xx", "--store", tmp_path / "run")
-    assert result.exit_code == 1 and "splits" in result.output
+    assert result.exit_code == 2 and "splits" in result.output
     result = cli("eval", trainer_output, "--temperature", "-1", "--store", tmp_path / "run")
-    assert result.exit_code == 1 and "temperature must be >= 0" in result.output
+    assert result.exit_code == 2 and "--temperature" in result.output
+
+
+# --- resuming inside a combination, labels, samples, profiles --------------------------------------------
+
+class Dies(Exception):
+    pass
+
+
+def test_a_killed_evaluation_resumes_at_the_next_batch_of_problems(tmp_path, two_checkpoints, echo_task):
+    from rlheal.evaluate import EVAL_EPISODES
+
+    problems = [str(p.data["number"]) for p in eval_problems(echo_task, "id", seed=0, episodes=10)]
+    seen = []
+
+    def wrong_on_odd(messages):  # a fixed script: every other problem solved, the rest revised twice
+        seen.append(digits(messages))
+        return digits(messages) if int(digits(messages)) % 2 else "0"
+
+    def dies_in_the_second_batch(messages):
+        if digits(messages) not in problems[:4]:
+            raise Dies
+        return wrong_on_odd(messages)
+
+    with Store(tmp_path / "whole") as s:
+        [whole] = evaluate(s, two_checkpoints[:1], [echo_task], ["id"], episodes=10, batch_size=4,
+                           load_backend=Loader(wrong_on_odd), show_progress=False)
+    with Store(tmp_path / "killed") as s:
+        with pytest.raises(Dies):
+            evaluate(s, two_checkpoints[:1], [echo_task], ["id"], episodes=10, batch_size=4,
+                     load_backend=Loader(dies_in_the_second_batch), show_progress=False)
+        assert sorted(r["position"] for r in s.rows(EVAL_EPISODES)) == [0, 1, 2, 3] and not s.rows(EVALS)
+        seen.clear()
+        [resumed] = evaluate(s, two_checkpoints[:1], [echo_task], ["id"], episodes=10, batch_size=4,
+                             load_backend=Loader(wrong_on_odd), show_progress=False)
+        assert not s.rows(EVAL_EPISODES)  # folded into the row
+    assert set(seen) == set(problems[4:])  # only the problems not stored before
+    assert {k: v for k, v in resumed.items() if k != "created"} == {k: v for k, v in whole.items() if k != "created"}
+
+
+def test_labels_are_unique_per_checkpoint_in_a_store(tmp_path, store, two_checkpoints, echo_task):
+    a, b = tmp_path / "one" / "model", tmp_path / "two" / "model"
+    for folder in (a, b):  # two outside models whose folder names say nothing: both read as external-0
+        shutil.copytree(two_checkpoints[0], folder)
+        (folder / "rlheal_manifest.json").unlink()
+    rows = evaluate(store, [a, b], [echo_task], ["id"], episodes=2, load_backend=Loader(digits), show_progress=False)
+    assert [r["label"] for r in rows] == ["external-0", "two/external-0"]
+    again = evaluate(store, [b, a], [echo_task], ["ood"], episodes=2, load_backend=Loader(digits), show_progress=False)
+    assert [r["label"] for r in again] == ["two/external-0", "external-0"]  # a checkpoint keeps its label
+
+
+def test_samples_hold_every_episode_with_its_chat_and_verdicts(tmp_path, store, two_checkpoints, echo_task):
+    from rlheal.samples import SampleLog
+
+    log = SampleLog(tmp_path / "run", "eval")
+    rows = evaluate(store, two_checkpoints[:1], [echo_task], ["id", "ood"], episodes=5, batch_size=2,
+                    load_backend=Loader(lambda m: "0"), samples=log, show_progress=False)
+    lines = [json.loads(line) for line in log.path.read_text().splitlines()]
+    assert log.path == tmp_path / "run" / "samples" / "eval.jsonl" and len(lines) == 10
+    for row in rows:
+        mine = [x for x in lines if x["split"] == row["split"]]
+        assert [x["solved_at"] for x in mine] == row["solved_at"]
+        assert all(len(x["verdicts"]) == 3 and x["messages"][1] == {"role": "assistant", "content": "0"} for x in mine)
+        assert {x["label"] for x in mine} == {"sft-10"} and mine[0]["problem"].startswith("echo/")
+
+
+def test_the_profile_follows_the_checkpoints_unless_given(tmp_path, two_checkpoints):
+    from rlheal.cli.evaluate import choose_profile
+    from rlheal.models.builtin import RECIPES, builtin_base
+
+    outside = tmp_path / "outside"
+    shutil.copytree(two_checkpoints[0], outside)
+    (outside / "rlheal_manifest.json").unlink()
+    ours = two_checkpoints[0]  # an rlheal manifest
+    assert choose_profile(None, [outside]) == ("paper", None)
+    assert choose_profile(None, [ours]) == ("compact", None)
+    assert choose_profile("paper", [ours]) == ("paper", None)
+    profile, warning = choose_profile("compact", [outside])
+    assert profile == "compact" and "--profile paper" in warning
+    built_in = tmp_path / "built-in"  # the built-in base's files under another trainer: its own chat template
+    shutil.copytree(builtin_base(RECIPES["builtin:det"], progress=False), built_in)
+    (built_in / "rlheal_manifest.json").unlink()
+    assert choose_profile(None, [built_in]) == ("compact", None)

@@ -169,7 +169,7 @@ def test_compare_command_prints_and_writes_the_tables(tmp_path):
     assert (tmp_path / "figs" / "findings-gp24.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![gp24: the four findings over 2 run(s)](figs/findings-gp24.png)" in text
     missing = CliRunner().invoke(app, ["compare", str(tmp_path / "nope")])
-    assert missing.exit_code == 2 and "holds no results store" in missing.output
+    assert missing.exit_code == 1 and "holds no results store" in missing.output
 
 
 def _bar_heights(ax):

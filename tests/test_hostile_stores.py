@@ -61,7 +61,7 @@ def test_report_of_an_empty_store_keeps_the_report_there(tmp_path):
     (run / "report.html").write_text("<p>the good report</p>")
     (run / "results.sqlite").write_bytes(b"")
     code, output = cli("report", run)
-    assert code == 2 and "holds no results" in output
+    assert code == 1 and "holds no results" in output
     assert (run / "report.html").read_text() == "<p>the good report</p>"
     assert (run / "results.sqlite").read_bytes() == b""
 
@@ -94,7 +94,7 @@ def test_compare_writes_figures_only_inside_their_folder(tmp_path):
     runs = [make_run(tmp_path / "runs" / f"seed{i}", task="../../../escaped") for i in (0, 1)]
     figures = tmp_path / "out" / "figures"
     code, output = cli("compare", *runs, "--figures", figures)
-    assert code == 2 and "not a plain file or folder name" in output
+    assert code == 1 and "not a plain file or folder name" in output
     assert not list(tmp_path.rglob("*.png"))
 
 
@@ -147,7 +147,7 @@ def test_a_read_only_run_folder_is_read_by_results_and_report(shared_tmp):
         path.chmod(0o555 if path.is_dir() else 0o444)
     assert _as_another_user(lambda: cli("results", run, "--format", "json")) == writable
     code, output = _as_another_user(lambda: cli("report", run))
-    assert code == 2 and "cannot write" in output and "--out" in output, output
+    assert code == 1 and "cannot write" in output and "--out" in output, output
     code, output = _as_another_user(lambda: cli("report", run, "--out", outside / "report.html"))
     assert code == 0, output
     assert "RL from sft-2" in (outside / "report.html").read_text()

@@ -53,6 +53,6 @@ def test_a_second_study_on_one_run_folder_stops_before_any_work(tmp_path, holder
     monkeypatch.setenv("RLHEAL_CACHE", str(tmp_path / "cache"))
     quick = Path(__file__).parent.parent / "configs" / "quick.yaml"
     result = CliRunner().invoke(app, ["study", "--config", str(quick), "--out", str(tmp_path / "run"), "--quiet"])
-    assert result.exit_code == 2 and f"pid {holder.pid}" in result.output, result.output
+    assert result.exit_code == 1 and f"pid {holder.pid}" in result.output, result.output
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".rlheal.lock"]
     assert not (tmp_path / "cache").exists()

@@ -1,5 +1,6 @@
 """`rlheal study` end to end on configs/quick.yaml: every stage, the report, and a real kill + resume."""
 
+import json
 import os
 import shutil
 import signal
@@ -126,11 +127,20 @@ def test_one_attempt_study_keeps_to_its_eval_set(cache, tmp_path):
     of another eval set added later (e.g. by `rlheal eval`) do not disturb the OOD peak on a rerun."""
     out = tmp_path / "one-attempt"
     cfg = load_config(QUICK, overrides={"eval.max_attempts": 1})
-    run_study(cfg, out, progress=False)
+    run_study(cfg, out, progress=False, samples=True, report_to=["tensorboard"])
     with Store(out) as store:
         rows = store.rows(EVALS)
+        updates = store.rows(RL_UPDATES)
         assert {r["eval_set"].split("-")[3] for r in rows} == {"a1"}
         assert {r["stage"] for r in rows} >= {"sft", "rl"}
+    # --log-samples: one line per evaluated episode and per RL episode; --report-to: TensorBoard offline
+    evaluated = [json.loads(line) for line in (out / "samples" / "eval.jsonl").read_text().splitlines()]
+    assert len(evaluated) == sum(r["n_episodes"] for r in rows)
+    played = [json.loads(line) for line in (out / "samples" / "rl.jsonl").read_text().splitlines()]
+    assert len(played) == sum(u["n_episodes"] for u in updates) and {p["update"] for p in played} == {1, 2}
+    tracked = {p.parent.relative_to(out / "tracking").as_posix() for p in (out / "tracking").rglob("events.*")}
+    assert {"sft", "eval/sft"} <= tracked and any(t.startswith("rl/") for t in tracked), tracked
+    with Store(out) as store:
         foreign = [{**r, "eval_set": "seed0-n12-a9-compact", "success_rate": 1.0}
                    for r in store.rows(EVALS, stage="sft", split="ood")]
         store.put(EVALS, foreign)
@@ -164,6 +174,23 @@ def test_killed_study_resumes_to_the_same_results(quick_run, cache, tmp_path):
             assert _stable(a.rows(table)) == _stable(b.rows(table)), table.name
 
 
+def test_a_resumed_study_prints_one_line_per_stage_and_the_summary(quick_run, capsys):
+    """Nothing left to do: nine stage lines with their times, no empty bars, the findings and the report."""
+    from rlheal.cli import main
+
+    out, report = quick_run
+    for flags, stage_lines in (([], 9), (["--quiet"], 9)):
+        with pytest.raises(SystemExit) as done:
+            main(["study", "--config", str(QUICK), "--out", str(out), *flags])
+        printed = capsys.readouterr()
+        assert done.value.code == 0, printed.err
+        assert [line.split()[1] for line in printed.err.splitlines() if line.startswith("✓")] == \
+            ["base", "sft", "eval-sft", "rl", "eval-rl", "spectrum", "edits", "eval-edits", "report"]
+        assert len(printed.err.splitlines()) == 1 + stage_lines and "0/0" not in printed.err
+        assert printed.out.splitlines()[-1].endswith(f"report at {report}")
+        assert printed.out.startswith("gp24: OOD success ")
+
+
 def test_results_and_report_commands(quick_run):
     from typer.testing import CliRunner
 
@@ -178,4 +205,4 @@ def test_results_and_report_commands(quick_run):
     rebuilt = runner.invoke(app, ["report", str(out)])
     assert rebuilt.exit_code == 0 and report.exists()
     missing = runner.invoke(app, ["report", str(out / "nope")])
-    assert missing.exit_code == 2 and "no results store" in missing.output
+    assert missing.exit_code == 1 and "no results store" in missing.output

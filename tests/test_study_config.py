@@ -6,6 +6,8 @@ import pytest
 import yaml
 
 from rlheal.config import ConfigError, StudyConfig, default_yaml, load_config, parse_config
+from rlheal.evaluate import EVALS
+from rlheal.store import Store
 from rlheal.study import StudyError, choose_rl_starts, claim_run_folder, decline_start
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -122,11 +124,27 @@ def test_rl_task_options_are_checked_against_every_task_and_change_the_fingerpri
         load_config(overrides={"tasks": ["gp24"], "rl.ppo.task_options": {"id_max_rank": 20}})
 
 
-def test_run_folder_of_another_config_is_refused(tmp_path):
+def test_run_folder_of_another_config_is_refused_once_it_holds_results(tmp_path):
     claim_run_folder(tmp_path, parse_config({}))
     claim_run_folder(tmp_path, parse_config({}))  # same config: fine
+    (tmp_path / "sft" / "step-000000").mkdir(parents=True)
     with pytest.raises(StudyError, match="different config"):
         claim_run_folder(tmp_path, parse_config({"sft": {"lr": 1e-3}}))
+
+
+def test_a_run_folder_that_holds_nothing_yet_goes_to_the_corrected_config(tmp_path):
+    """A first stage that failed (e.g. a wrong model or bf16 on a CPU) leaves the folder usable."""
+    import json
+
+    claim_run_folder(tmp_path, parse_config({}))
+    Store(tmp_path).close()  # an empty store, as a run that failed before any row leaves it
+    corrected = parse_config({"sft": {"lr": 1e-3}})
+    claim_run_folder(tmp_path, corrected)
+    assert json.loads((tmp_path / "study.json").read_text())["fingerprint"] == corrected.fingerprint()
+    with Store(tmp_path) as store:
+        store.put(EVALS, [{"checkpoint": str(tmp_path / "x"), "task": "det", "split": "id", "eval_set": "e"}])
+    with pytest.raises(StudyError, match="different config"):
+        claim_run_folder(tmp_path, parse_config({}))
 
 
 def _outcomes(rate: float) -> list[int]:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rlheal.evaluate import EVALS, LoadBackend, eval_problems, evaluate
+from rlheal.progress import bar
 from rlheal.rollout import Decoding, Generation, Messages, play
 from rlheal.store import Store
 from rlheal.tasks.base import SPLITS, Task
@@ -186,7 +186,7 @@ def distributed_evaluate(
     by_name = {t.name: t for t in task_objs}
     load_backend = load_backend or _rank_device_loader(batch_size, hf_backend_loader)
     played_here: list[dict[str, Any]] = []
-    with _progress(show_progress and rank == 0, len(todo)) as advance:
+    with bar("evaluating (rank 0's share)", total=len(todo), enabled=show_progress and rank == 0) as shown:
         for folder in dict.fromkeys(c[0] for c in todo):
             backend = load_backend(Path(folder))
             for _, task_name, split, _ in (c for c in todo if c[0] == folder):
@@ -195,7 +195,7 @@ def distributed_evaluate(
                 for pe in play(task, problems, backend, max_attempts=max_attempts, decoding=decoding):
                     played_here.append({"checkpoint": folder, "stopped": pe.stopped is not None,
                                         "turns": [[t.role, t.content] for t in pe.episode.turns]})
-                advance(f"{Path(folder).name} {task_name}/{split}")
+                shown.advance(1, description=f"{Path(folder).name} {task_name}/{split}")
             del backend  # free this model before the next one is loaded
 
     everything = gather_rows(played_here)
@@ -210,18 +210,6 @@ def distributed_evaluate(
         if not isinstance(store, Store):
             db.close()
     return gather_json(rows)[0]
-
-
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar over (checkpoint, task, split) combinations; yields `advance(description)`."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
-        task = bar.add_task("evaluating (rank 0's share)", total=total)
-        yield lambda description: bar.update(task, advance=1, description=description)
 
 
 def _rank_device_loader(batch_size: int, hf_backend_loader: Callable[..., LoadBackend]) -> LoadBackend:

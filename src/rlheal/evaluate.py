@@ -3,21 +3,25 @@
 The eval set of (task, split) is problems 0..N-1 of the eval pool drawn with seed `EVAL_SEED_OFFSET + seed`:
 held-out problems, which no training text contains (`rlheal.tasks.holdout`). A stored row is identified by
 (checkpoint, task, split, eval_set); `evaluate` skips the combinations already stored, checking before it
-loads a model, and writes each new row in its own transaction: a killed evaluation loses at most the
-combination in flight.
+loads a model. Within a combination, episodes are played one batch of problems at a time and each problem's
+outcome is stored as its batch finishes (table `eval_episodes`), so a killed evaluation loses at most the batch
+in flight and resumes at the next problem; the combination's row is written when its last problem is done.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rlheal.models.checkpoint import Manifest, check_checkpoint, read_manifest
+from rlheal.progress import bar
 from rlheal.provenance import environment
-from rlheal.rollout import Backend, Decoding, HFBackend, play
+from rlheal.rollout import Backend, Decoding, HFBackend, PlayedEpisode, play
+from rlheal.samples import SampleLog
 from rlheal.stats import wilson_interval
 from rlheal.store import Store, Table
 from rlheal.tasks.base import PROFILES, SPLITS, Episode, Problem, Task
@@ -55,6 +59,14 @@ EVALS = Table(
     key=("checkpoint", "task", "split", "eval_set"),
 )
 
+# Per problem of a combination still being evaluated: its outcome, kept until the combination's row is written.
+EVAL_EPISODES = Table(
+    name="eval_episodes",
+    columns={"checkpoint": "path", "task": "str", "split": "str", "eval_set": "str", "position": "int",
+             "solved_at": "int", "attempts": "int", "format_errors": "int"},
+    key=("checkpoint", "task", "split", "eval_set", "position"),
+)
+
 LoadBackend = Callable[[Path], Backend]
 
 
@@ -90,19 +102,38 @@ def eval_problems(task: Task, split: str, *, seed: int, episodes: int) -> list[P
     return list(chosen.values())
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one episode ended: the attempt that solved it (1-based; 0: none), its attempts, its format errors."""
+
+    solved_at: int
+    attempts: int
+    format_errors: int
+
+
+def outcome(episode: Episode) -> Outcome:
+    return Outcome(solved_at=next((i + 1 for i, v in enumerate(episode.verdicts) if v.correct), 0),
+                   attempts=len(episode.verdicts), format_errors=sum(not v.format_ok for v in episode.verdicts))
+
+
 def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
-    """Metrics of played episodes.
+    """Metrics of played episodes (`summarize_outcomes` of their outcomes)."""
+    return summarize_outcomes([outcome(e) for e in episodes])
+
+
+def summarize_outcomes(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Metrics of episode outcomes, in eval-set order.
 
     success_rate: share of episodes solved at any attempt, with its 95 % Wilson interval (ci_low, ci_high);
     first_attempt_acc: share solved at the first attempt; mean_attempts: attempts per episode;
     format_error_rate: share of all attempts whose answer was not in the profile's format;
     solved_at: per episode, the attempt that solved it (1-based), 0 when none did.
     """
-    if not episodes:
+    if not outcomes:
         raise ValueError("cannot summarize zero episodes")
-    n = len(episodes)
-    solved = sum(e.solved for e in episodes)
-    attempts = [v for e in episodes for v in e.verdicts]
+    n = len(outcomes)
+    solved = sum(o.solved_at > 0 for o in outcomes)
+    attempts = sum(o.attempts for o in outcomes)
     low, high = wilson_interval(solved, n)
     return {
         "n_episodes": n,
@@ -110,19 +141,21 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
         "success_rate": solved / n,
         "ci_low": low,
         "ci_high": high,
-        "format_error_rate": sum(not v.format_ok for v in attempts) / len(attempts),
-        "mean_attempts": len(attempts) / n,
-        "first_attempt_acc": sum(e.verdicts[0].correct for e in episodes) / n,
-        "solved_at": [next((i + 1 for i, v in enumerate(e.verdicts) if v.correct), 0) for e in episodes],
+        "format_error_rate": sum(o.format_errors for o in outcomes) / attempts if attempts else 0.0,
+        "mean_attempts": attempts / n,
+        "first_attempt_acc": sum(o.solved_at == 1 for o in outcomes) / n,
+        "solved_at": [o.solved_at for o in outcomes],
     }
 
 
-def eval_row(folder: Path, manifest: Manifest, task: str, split: str, eval_set: str, episodes: Sequence[Episode],
-             *, decoding: Decoding, seed: int) -> dict[str, Any]:
-    """The `evals` row of one (checkpoint, task, split, eval set) from its played episodes."""
+def eval_row(folder: Path, manifest: Manifest, task: str, split: str, eval_set: str, outcomes: Sequence[Outcome],
+             *, decoding: Decoding, seed: int, label: str | None = None) -> dict[str, Any]:
+    """The `evals` row of one (checkpoint, task, split, eval set) from its episodes' outcomes; `label` replaces
+    the manifest's (see `unique_label`)."""
     return {
-        "checkpoint": str(folder), "label": manifest.label, "stage": manifest.stage, "step": manifest.step,
-        "parent": manifest.parent, "task": task, "split": split, "eval_set": eval_set, **summarize(episodes),
+        "checkpoint": str(folder), "label": label or manifest.label, "stage": manifest.stage, "step": manifest.step,
+        "parent": manifest.parent, "task": task, "split": split, "eval_set": eval_set,
+        **summarize_outcomes(outcomes),
         "decoding": decoding.as_dict(), "seed": seed, "versions": environment(),
         "created": datetime.now(UTC).isoformat(timespec="microseconds"),
     }
@@ -189,16 +222,20 @@ def evaluate(
     max_attempts: int | None = None,
     load_backend: LoadBackend | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    samples: SampleLog | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate every checkpoint folder on every (task, split); returns the rows of all these combinations.
 
     `tasks` are names for `rlheal.tasks.get_task(name, profile)` or Task objects.
-    Combinations already in `store` are not recomputed (their stored rows are returned). Each checkpoint
-    is loaded once, with `load_backend(folder)` (default: `hf_backend_loader(batch_size)`), and only if it
-    has missing combinations. `max_attempts` defaults to each task's. `on_row(row)` is called after each
-    row is stored. Raises EvalConfigError for invalid settings and CheckpointError for a checkpoint
-    folder that is not whole, before any work.
+    Combinations already in `store` are not recomputed (their stored rows are returned), nor are the problems
+    of an unfinished combination whose outcomes are stored. Each checkpoint is loaded once, with
+    `load_backend(folder)` (default: `hf_backend_loader(batch_size)`), and only if it has work left. Problems are
+    played `batch_size` at a time (with temperature > 0, each batch samples with its own seed drawn from
+    `decoding.seed`). `max_attempts` defaults to each task's. `on_row(row)` is called after each row is stored;
+    `samples` receives every played episode. A checkpoint's label is unique in the store (`unique_label`).
+    Raises EvalConfigError for invalid settings and CheckpointError for a checkpoint folder that is not whole,
+    before any work.
     """
     check_settings(splits, episodes, profile, max_attempts)
     task_objs = get_tasks(tasks, profile)
@@ -213,35 +250,82 @@ def evaluate(
             plan.extend((folder, task, split, eval_set) for split in splits)
     todo = [c for c in plan if not store.has(EVALS, checkpoint=str(c[0]), task=c[1].name, split=c[2],
                                              eval_set=c[3])]
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not show_progress) as progress:
-        bar = progress.add_task("evaluating", total=len(todo) * episodes)
-        for folder in dict.fromkeys(c[0] for c in todo):
-            manifest = manifests[folder]
-            backend = load_backend(folder)
-            for _, task, split, eval_set in (c for c in todo if c[0] == folder):
-                progress.update(bar, description=f"{manifest.label} {task.name}/{split}")
-                base = progress.tasks[bar].completed
-
-                def advance(finished: int, total: int, base: float = base) -> None:
-                    progress.update(bar, completed=base + finished)
-
-                played = play(task, eval_problems(task, split, seed=seed, episodes=episodes), backend,
-                              max_attempts=max_attempts, decoding=decoding, on_round=advance)
-                row = eval_row(folder, manifest, task.name, split, eval_set, [pe.episode for pe in played],
-                               decoding=decoding, seed=seed)
+    stored = {c: _stored_outcomes(store, *c) for c in todo}
+    left = sum(episodes - len(found) for found in stored.values())
+    taken = stored_labels(store)
+    labels = {folder: unique_label(taken, folder, manifests[folder].label) for folder in dict.fromkeys(c[0] for c in todo)}
+    with bar("evaluating", total=len(todo) * episodes, completed=len(todo) * episodes - left,
+             enabled=show_progress) as progress:
+        for folder in labels:
+            manifest, backend = manifests[folder], None
+            for combo in (c for c in todo if c[0] == folder):
+                _, task, split, eval_set = combo
+                outcomes, stopped = stored[combo], 0
+                problems = eval_problems(task, split, seed=seed, episodes=episodes)
+                missing = [i for i in range(episodes) if i not in outcomes]
+                progress.update(description=f"{labels[folder]} {task.name}/{split}")
+                for chunk in (missing[i:i + batch_size] for i in range(0, len(missing), batch_size)):
+                    backend = backend or load_backend(folder)
+                    played = play(task, [problems[i] for i in chunk], backend, max_attempts=max_attempts,
+                                  decoding=_batch_decoding(decoding, chunk[0]))
+                    if samples is not None:
+                        samples.write(played, {"checkpoint": str(folder), "label": labels[folder], "task": task.name,
+                                               "split": split, "eval_set": eval_set})
+                    outcomes |= _store_outcomes(store, combo, chunk, played)
+                    stopped += sum(pe.stopped is not None for pe in played)
+                    progress.advance(len(chunk))
+                row = eval_row(folder, manifest, task.name, split, eval_set, [outcomes[i] for i in range(episodes)],
+                               decoding=decoding, seed=seed, label=labels[folder])
                 store.put(EVALS, [row])
-                stopped = sum(pe.stopped is not None for pe in played)
+                store.delete(EVAL_EPISODES, checkpoint=str(folder), task=task.name, split=split, eval_set=eval_set)
                 if stopped:
-                    progress.console.print(f"{manifest.label} {task.name}/{split}: {stopped} of {episodes} "
-                                           "episodes outgrew the model's context and count as unsolved")
+                    progress.note(f"{labels[folder]} {task.name}/{split}: {stopped} of {episodes} episodes outgrew the "
+                                  "model's context and count as unsolved")
                 if on_row is not None:
                     on_row(row)
     return [store.rows(EVALS, checkpoint=str(f), task=t.name, split=s, eval_set=e)[0] for f, t, s, e in plan]
+
+
+def _batch_decoding(decoding: Decoding, first_position: int) -> Decoding:
+    """The decoding of the batch of problems that starts at `first_position`: sampling gets a seed of its own."""
+    return decoding if decoding.greedy else replace(decoding, seed=decoding.seed * 1_000_003 + first_position)
+
+
+def _stored_outcomes(store: Store, folder: Path, task: Task, split: str, eval_set: str) -> dict[int, Outcome]:
+    rows = store.rows(EVAL_EPISODES, checkpoint=str(folder), task=task.name, split=split, eval_set=eval_set)
+    return {r["position"]: Outcome(r["solved_at"], r["attempts"], r["format_errors"]) for r in rows}
+
+
+def _store_outcomes(store: Store, combo: tuple[Path, Task, str, str], positions: Sequence[int],
+                    played: Sequence[PlayedEpisode]) -> dict[int, Outcome]:
+    """Store (and return) the outcome of each played episode at its position in the eval set."""
+    folder, task, split, eval_set = combo
+    found = {i: outcome(pe.episode) for i, pe in zip(positions, played, strict=True)}
+    store.put(EVAL_EPISODES, [{"checkpoint": str(folder), "task": task.name, "split": split, "eval_set": eval_set,
+                               "position": i, "solved_at": o.solved_at, "attempts": o.attempts,
+                               "format_errors": o.format_errors} for i, o in found.items()])
+    return found
+
+
+def stored_labels(store: Store) -> dict[str, str]:
+    """{label: the checkpoint it was first stored with} of the store's `evals` rows."""
+    taken: dict[str, str] = {}
+    for row in store.rows(EVALS):
+        taken.setdefault(row["label"], row["checkpoint"])
+    return taken
+
+
+def unique_label(taken: dict[str, str], folder: Path, label: str) -> str:
+    """The label of checkpoint `folder` given the labels `taken` ({label: checkpoint}, updated): the one it
+    already has, else `label` unless another checkpoint has it, then `<parent folder>/<label>`, then `label#2`,
+    `label#3`, ..."""
+    mine = next((lab for lab, checkpoint in taken.items() if checkpoint == str(folder)), None)
+    if mine is not None:
+        return mine
+    candidates = [label, f"{Path(folder).parent.name}/{label}", *(f"{label}#{n}" for n in range(2, len(taken) + 3))]
+    chosen = next(c for c in candidates if c not in taken)
+    taken[chosen] = str(folder)
+    return chosen
 
 
 def ood_peak(store: Store, task: str, eval_set: str | None = None) -> dict[str, Any] | None:

@@ -269,6 +269,11 @@ class Store:
     def tables(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
 
+    def is_empty(self) -> bool:
+        """Whether no table of the store holds a row."""
+        return not any(self._conn.execute('SELECT 1 FROM "{}" LIMIT 1'.format(name.replace('"', '""'))).fetchone()
+                       for name in self.tables())
+
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection to an existing store. A WAL store in a folder this user cannot write cannot get

@@ -2,9 +2,11 @@
 
 Every stage asks the run's results store (or its checkpoint folders) what is already done and does only the
 rest, so a killed study finishes when the same command runs again. `RUN/study.json` records the config
-that made the run; a run folder made by a different config is refused rather than mixed. What a config
-cannot do is found before the folder is claimed; a claimed folder is locked (`rlheal.lock`), cleared of the
+that made the run; a run folder made by a different config is refused rather than mixed, unless nothing was
+made in it yet (a first stage that failed): then the corrected config takes it over. What a config cannot do
+is found before the folder is claimed; a claimed folder is locked (`rlheal.lock`), cleared of the
 temporaries of killed writes, and its checkpoints are verified against their manifests (`rlheal.integrity`).
+Each finished stage is reported to `on_stage_done(name, seconds, detail)` (the command line prints it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,9 @@ from rlheal.atomic import write_text
 from rlheal.config import StudyConfig
 from rlheal.provenance import environment
 from rlheal.report.findings import selection_success
+from rlheal.samples import SampleLog
 from rlheal.store import Store
+from rlheal.tracking import Trackers
 
 STUDY_FILE = "study.json"
 LOG_FILE = "study.log"
@@ -32,6 +37,10 @@ log = logging.getLogger("rlheal.study")
 
 class StudyError(RuntimeError):
     """A study that cannot run in this folder; the message says why and what to do."""
+
+
+class StudyConfigError(StudyError):
+    """A config that cannot run anywhere (found before any folder is touched); the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -58,31 +67,46 @@ class Run:
 
 
 def check_before_claiming(cfg: StudyConfig) -> None:
-    """Raise StudyError for what `cfg` cannot do, before any run folder is touched: a model that is neither a
+    """Raise StudyConfigError for what `cfg` cannot do, before any run folder is touched: a model that is neither a
     built-in base nor a checkpoint folder, an SFT schedule that does not fit its steps, RL starts it does not save."""
     from rlheal.models.builtin import RECIPES
     from rlheal.models.checkpoint import CheckpointError, check_checkpoint
-    from rlheal.train.sft import SFTConfigError
+    from rlheal.train.sft import SFTConfigError, bf16_available
 
     if cfg.model.startswith("builtin"):
         if cfg.model not in RECIPES:
-            raise StudyError(f"model: {cfg.model!r} is not a built-in base; valid: {', '.join(RECIPES)}")
+            raise StudyConfigError(f"model: {cfg.model!r} is not a built-in base; valid: {', '.join(RECIPES)}")
     else:
         try:
             check_checkpoint(Path(cfg.model).expanduser())
         except CheckpointError as exc:
-            raise StudyError(f"model: {exc}") from None
+            raise StudyConfigError(f"model: {exc}") from None
+    if cfg.sft.bf16 and not bf16_available():
+        raise StudyConfigError("sft.bf16: this machine has no GPU that computes in bfloat16; set sft.bf16=false "
+                         "(--set sft.bf16=false) or run on such a GPU")
     try:
         saved = cfg.sft.checkpoint_steps()
     except SFTConfigError as exc:
-        raise StudyError(f"sft.{exc}") from None
+        raise StudyConfigError(f"sft.{exc}") from None
     if isinstance(cfg.rl.starts, list) and (missing := [s for s in cfg.rl.starts if s not in saved]):
-        raise StudyError(f"rl.starts names SFT steps {missing} that the SFT schedule does not save; it saves "
+        raise StudyConfigError(f"rl.starts names SFT steps {missing} that the SFT schedule does not save; it saves "
                          f"steps {saved}: change rl.starts or sft.schedule")
 
 
+def made_nothing(root: Path) -> bool:
+    """Whether run folder `root` holds no results yet: no checkpoint folders and no stored rows."""
+    from rlheal.store import STORE_FILENAME
+
+    if any((root / stage).is_dir() and any((root / stage).iterdir()) for stage in ("sft", "rl", "edits")):
+        return False
+    if not (root / STORE_FILENAME).exists():
+        return True
+    with Store(root, readonly=True) as store:
+        return store.is_empty()
+
+
 def claim_run_folder(root: Path, cfg: StudyConfig) -> Run:
-    """Create or reopen RUN for `cfg`; refuse a folder made by another config."""
+    """Create or reopen RUN for `cfg`; refuse a folder made by another config, unless it holds no results yet."""
     root.mkdir(parents=True, exist_ok=True)
     marker = root / STUDY_FILE
     if marker.exists():
@@ -90,6 +114,13 @@ def claim_run_folder(root: Path, cfg: StudyConfig) -> Run:
             made_by = json.loads(marker.read_text())
         except json.JSONDecodeError as exc:
             raise StudyError(f"{marker} is corrupt ({exc}); move the run folder aside and start again") from exc
+        if not isinstance(made_by, dict):
+            raise StudyError(f"{marker} is not a study record; move the run folder aside and start again")
+        if made_by.get("fingerprint") != cfg.fingerprint() and made_nothing(root):
+            log.info("%s was claimed by config %s but holds no results: config %s takes it over", root,
+                     made_by.get("fingerprint"), cfg.fingerprint())
+            marker.unlink()
+            return claim_run_folder(root, cfg)
         if made_by.get("fingerprint") != cfg.fingerprint():
             raise StudyError(
                 f"{root} was made by a different config (fingerprint {made_by.get('fingerprint')}, this one "
@@ -174,15 +205,30 @@ def _setup_logging(run: Run) -> logging.Handler:
     return handler
 
 
+StageDone = Callable[[str, float, str], None]
+
+
+class StageNote:
+    """What a stage says of itself when it is done (`detail`, e.g. `9 checkpoints, steps 0-60`)."""
+
+    detail: str = ""
+
+
 class Study:
-    """Runs the stages of `cfg` in `run`; `on_stage(name)` is called as each stage starts (tests stop here)."""
+    """Runs the stages of `cfg` in `run`; `on_stage(name)` is called as each stage starts (tests stop here),
+    `on_stage_done(name, seconds, detail)` when it ends. `samples` writes every played episode to
+    `RUN/samples/`; `trackers` receives the evaluation and RL-update rows (and SFT reports to the same)."""
 
     def __init__(self, cfg: StudyConfig, out: Path, progress: bool = True,
-                 on_stage: Callable[[str], None] | None = None) -> None:
+                 on_stage: Callable[[str], None] | None = None, on_stage_done: StageDone | None = None,
+                 samples: bool = False, trackers: Trackers | None = None) -> None:
         self.cfg = cfg
         self.run = claim_run_folder(Path(out), cfg)
         self.progress = progress
         self.on_stage = on_stage or (lambda name: None)
+        self.on_stage_done = on_stage_done or (lambda name, seconds, detail: None)
+        self.samples = samples
+        self.trackers = trackers or Trackers([], self.run.root)
         self.store = Store(self.run.root)
 
     # --- stages ----------------------------------------------------------------------------------
@@ -205,15 +251,21 @@ class Study:
         from rlheal.train.sft import run_sft
 
         cfg = self.cfg.sft.model_copy(update={"model": str(base)})
-        return run_sft(cfg, self.run.root, self.store, progress=self.progress)
+        return run_sft(cfg, self.run.root, self.store, progress=self.progress, trackers=self.trackers)
 
-    def evaluate(self, checkpoints: Sequence[Path]) -> list[dict[str, Any]]:
+    def evaluate(self, checkpoints: Sequence[Path]) -> tuple[int, int]:
+        """Evaluate `checkpoints` on the study's eval sets; returns (rows in all, rows computed now)."""
         from rlheal.evaluate import evaluate
 
-        e = self.cfg.eval
-        return evaluate(self.store, list(checkpoints), self.cfg.tasks, self.cfg.splits, episodes=e.episodes,
+        e, new = self.cfg.eval, []
+        rows = evaluate(self.store, list(checkpoints), self.cfg.tasks, self.cfg.splits, episodes=e.episodes,
                         seed=e.seed, profile=self.cfg.profile, batch_size=e.batch_size, max_attempts=e.max_attempts,
-                        decoding=self._decoding(), show_progress=self.progress)
+                        decoding=self._decoding(), show_progress=self.progress, samples=self._samples("eval"),
+                        on_row=lambda row: (new.append(row), self.trackers.log_eval_row(row)))
+        return len(rows), len(new)
+
+    def _samples(self, kind: str) -> SampleLog | None:
+        return SampleLog(self.run.root, kind) if self.samples else None
 
     def eval_set(self, task: str) -> str:
         """The id of the study's eval set for `task` (other rows in the store, e.g. from `rlheal rl`, are ignored)."""
@@ -265,7 +317,8 @@ class Study:
         for overrides in self.cfg.rl.arms(task):
             run_sweep(self.run.sft, self.run.root, algo=algo, steps=[read_manifest(s).step for s in starts],
                       overrides=overrides, eval_episodes=e.episodes, eval_seed=e.seed,
-                      eval_decoding=self._decoding(), eval_max_attempts=e.max_attempts, show_progress=self.progress)
+                      eval_decoding=self._decoding(), eval_max_attempts=e.max_attempts, show_progress=self.progress,
+                      samples=self._samples("rl"), eval_samples=self._samples("eval"), trackers=self.trackers)
             arm = make_config(algo, overrides).arm
             folders += [c for s in starts for c in rl_checkpoints(rl_folder(self.run.root, s, arm))]
         return folders
@@ -275,7 +328,8 @@ class Study:
         from rlheal.spectral.sweep import run_spectrum
 
         sp = self.cfg.spectral
-        pairs = [(ref, t) for ref in references.values() for t in targets
+        unique = {Path(ref).resolve(): ref for ref in references.values()}  # the OOD peak may be the base
+        pairs = [(ref, t) for ref in unique.values() for t in targets
                  if Path(ref).resolve() != Path(t).resolve()
                  and not self.store.has(SPECTRAL, target=str(Path(t).resolve()), reference=str(Path(ref).resolve()))]
         if not pairs:
@@ -322,7 +376,7 @@ class Study:
             made.append(folder)
         return made
 
-    # --- the whole study --------------------------------------------------------------------------
+    # --- the whole study --------------------------------------------------------------------------------
     def run_all(self) -> Path:
         from rlheal.evaluate import EVALS, ood_peak
         from rlheal.models.checkpoint import find_checkpoints, read_manifest
@@ -331,61 +385,83 @@ class Study:
         started = time.perf_counter()
         log.info("study in %s, config fingerprint %s", self.run.root, self.cfg.fingerprint())
 
-        self._stage("base")
-        base = self.base()
-        self._stage("sft")
-        sft_folders = {read_manifest(p).step: p for p in self.sft(base)}
-        sft_folders = {read_manifest(p).step: p for p in find_checkpoints([self.run.sft])} | sft_folders
-        self._stage("eval-sft")
-        self.evaluate(sorted(sft_folders.values(), key=lambda p: read_manifest(p).step))
+        with self._stage("base") as note:
+            base = self.base()
+            note.detail = self.cfg.model
+        with self._stage("sft") as note:
+            sft_folders = {read_manifest(p).step: p for p in self.sft(base)}
+            sft_folders = {read_manifest(p).step: p for p in find_checkpoints([self.run.sft])} | sft_folders
+            note.detail = f"{len(sft_folders)} checkpoints, steps {min(sft_folders)}–{max(sft_folders)}"
+        with self._stage("eval-sft") as note:
+            note.detail = _evaluated(*self.evaluate(sorted(sft_folders.values(), key=lambda p: read_manifest(p).step)))
         sft_rows = [r for t in self.cfg.tasks for r in self.store.rows(EVALS, stage="sft", task=t,
                                                                        eval_set=self.eval_set(t))]
 
-        self._stage("rl")
         rl_folders: list[Path] = []
-        for task in self.cfg.tasks:
-            starts = self.rl_starts(task, sft_rows, sft_folders)
-            log.info("RL starts for %s: %s", task, [read_manifest(s).step for s in starts])
-            rl_folders += self.rl(task, starts)
-        self._stage("eval-rl")
-        self.evaluate(rl_folders)  # the sweep evaluated the RL task; this adds the study's other tasks
+        with self._stage("rl") as note:
+            started_from = []
+            for task in self.cfg.tasks:
+                starts = self.rl_starts(task, sft_rows, sft_folders)
+                steps = [read_manifest(s).step for s in starts]
+                log.info("RL starts for %s: %s", task, steps)
+                started_from += steps
+                rl_folders += self.rl(task, starts)
+            note.detail = (f"{self.cfg.rl.algo} from SFT steps {', '.join(map(str, started_from))}"
+                           if started_from else "no start")
+        with self._stage("eval-rl") as note:
+            note.detail = _evaluated(*self.evaluate(rl_folders))  # the sweep evaluated the RL task; this adds the others
 
-        self._stage("spectrum")
-        last = sft_folders[max(sft_folders)]
-        peak_row = ood_peak(self.store, self.cfg.tasks[0], eval_set=self.eval_set(self.cfg.tasks[0]))
-        peak = Path(peak_row["checkpoint"]) if peak_row else last
-        references = {}
-        if "base" in self.cfg.spectral.references:
-            references["base"] = sft_folders.get(0, base)
-        if "ood-peak" in self.cfg.spectral.references:
-            references["ood-peak"] = peak
-        targets = [sft_folders[s] for s in sorted(sft_folders)]
-        if self.cfg.spectral.targets == "sft+rl":
-            targets += rl_folders
-        self.spectrum(targets, references)
-        self.align(rl_folders, peak)
+        with self._stage("spectrum") as note:
+            last = sft_folders[max(sft_folders)]
+            peak_row = ood_peak(self.store, self.cfg.tasks[0], eval_set=self.eval_set(self.cfg.tasks[0]))
+            peak = Path(peak_row["checkpoint"]) if peak_row else last
+            references = {}
+            if "base" in self.cfg.spectral.references:
+                references["base"] = sft_folders.get(0, base)
+            if "ood-peak" in self.cfg.spectral.references:
+                references["ood-peak"] = peak
+            targets = [sft_folders[s] for s in sorted(sft_folders)]
+            if self.cfg.spectral.targets == "sft+rl":
+                targets += rl_folders
+            rows, aligned = self.spectrum(targets, references), self.align(rl_folders, peak)
+            note.detail = f"{rows} new spectral rows, {aligned} new alignment rows"
 
-        self._stage("edits")
-        edit_folders = self.edits(peak, last) if Path(peak).resolve() != Path(last).resolve() else []
-        if not edit_folders:
-            log.info("no edits: the OOD peak is the last SFT checkpoint, so there is no forgetting to undo")
-        self._stage("eval-edits")
-        self.evaluate(edit_folders)
+        with self._stage("edits") as note:
+            edit_folders = self.edits(peak, last) if Path(peak).resolve() != Path(last).resolve() else []
+            note.detail = (f"{len(edit_folders)} edits of {read_manifest(last).label} toward the OOD peak "
+                           f"{read_manifest(peak).label}" if edit_folders else
+                           "none: the OOD peak is the last SFT checkpoint, so there is no forgetting to undo")
+        with self._stage("eval-edits") as note:
+            note.detail = _evaluated(*self.evaluate(edit_folders))
 
-        self._stage("report")
-        report = build_report(self.run.root)
+        with self._stage("report") as note:
+            report = build_report(self.run.root)
+            note.detail = str(report)
         log.info("study finished in %.0f s; report at %s", time.perf_counter() - started, report)
         return report
 
-    def _stage(self, name: str) -> None:
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[StageNote]:
         log.info("stage %s", name)
         self.on_stage(name)
+        began, note = time.perf_counter(), StageNote()
+        yield note
+        seconds = time.perf_counter() - began
+        log.info("stage %s done in %.1f s: %s", name, seconds, note.detail)
+        self.on_stage_done(name, seconds, note.detail)
+
+
+def _evaluated(total: int, new: int) -> str:
+    """`18 evaluations` or `18 evaluations (12 stored before)`."""
+    return f"{total} evaluations" + (f" ({total - new} stored before)" if new < total else "")
 
 
 def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True,
-              on_stage: Callable[[str], None] | None = None) -> Path:
+              on_stage: Callable[[str], None] | None = None, on_stage_done: StageDone | None = None,
+              samples: bool = False, report_to: Sequence[str] = ()) -> Path:
     """Run (or finish) the study of `cfg` in `out`; returns the report's path. StudyError for a config that
-    cannot run, RunLockedError while another process holds `out`."""
+    cannot run, RunLockedError while another process holds `out`. `samples` and `report_to`: see `Study`
+    and `rlheal.tracking`."""
     from rlheal.atomic import clean_stale
     from rlheal.integrity import forget_damaged
     from rlheal.lock import run_lock
@@ -397,11 +473,14 @@ def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True,
         handler = _setup_logging(run)
         try:
             forget_damaged(run.root)
-            study = Study(cfg, run.root, progress=progress, on_stage=on_stage)
+            trackers = Trackers(report_to, run.root)
+            study = Study(cfg, run.root, progress=progress, on_stage=on_stage, on_stage_done=on_stage_done,
+                          samples=samples, trackers=trackers)
             try:
                 return study.run_all()
             finally:
                 study.store.close()
+                trackers.close()
         finally:
             logging.getLogger("rlheal").removeHandler(handler)
             handler.close()

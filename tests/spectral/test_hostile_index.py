@@ -41,7 +41,7 @@ def test_edit_refuses_and_writes_nothing_anywhere(tmp_path, ckpts, hostile):
     out = tmp_path / "edited"
     result = CliRunner().invoke(app, ["edit", "--ref", str(ckpts["base"]), "--target", str(target), "--mode",
                                       "values", "--top", "1", "--modules", "q", "--out", str(out), "--device", "cpu"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     assert "refused" in result.output and "Traceback" not in result.output
     assert _digest(victim) == before  # the neighbour's weights are untouched
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["target", "victim"]

@@ -161,7 +161,7 @@ def test_cli_spectrum_and_edit(ckpts, tmp_path):
     bad = runner.invoke(app, ["spectrum", "--ref", str(ckpts["base"]), str(ckpts["sft"]), "--k", "0"])
     assert bad.exit_code != 0
     bad = runner.invoke(app, ["spectrum", "--ref", str(ckpts["base"]), str(ckpts["sft"]), "--k", "1.5"])
-    assert bad.exit_code == 2 and "out of range" in bad.output
+    assert bad.exit_code == 1 and "out of range" in bad.output
     result = runner.invoke(app, ["edit", "--ref", str(ckpts["base"]), "--target", str(ckpts["sft"]), "--mode",
                                  "triplets", "--top", "0.2", "--tail", "2", "--layers", "0", "--out",
                                  str(tmp_path / "edited"), "--device", "cpu"])

@@ -7,23 +7,24 @@ from typing import Annotated
 
 import typer
 
+from rlheal.cli.common import command
+from rlheal.cli.options import ConfigOption, Settings
 from rlheal.cli.overrides import parse_overrides
 
-data_app = typer.Typer(help="The datasets of bases and studies.", no_args_is_help=True)
+data_app = typer.Typer(help="The datasets of bases and studies.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def register(app: typer.Typer) -> None:
+    data_app.command("dump")(command(dump))
     app.add_typer(data_app, name="data")
 
 
-@data_app.command("dump")
 def dump(
     what: Annotated[str, typer.Option(help="pretrain (with --base), or sft, rl, eval (with --config)")],
     base: Annotated[str | None, typer.Option(help="a built-in base: builtin:det, builtin:gp24, builtin:tiny")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="study YAML (default: the built-in "
-                                                "study)")] = None,
-    seed: Annotated[int | None, typer.Option(help="replaces the config's seed")] = None,
-    settings: Annotated[list[str] | None, typer.Option("--set", help="replaces a config field, dotted KEY=VALUE")] = None,
+    config: ConfigOption = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Replaces the config's seed.")] = None,
+    settings: Settings = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default: standard output)")] = None,
 ) -> None:
     """Write one record per document or problem as a JSON line: source, task, split, pool, problem, messages."""

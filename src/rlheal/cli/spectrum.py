@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from rlheal.cli.common import command, fail, one_line, show_bars
 from rlheal.cli.text import plain
 
 MODULES = "q,k,v,o,gate,up,down"
@@ -27,30 +29,21 @@ def _parse_sizes(text: str, allow_zero: bool = False) -> list[int | float]:
     return out
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    from rich.console import Console
-
-    Console(stderr=True).print("[red]error:[/red]", plain(exc))
-    return typer.Exit(2)
-
-
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    import csv
-    import io
+    """Rows as `rlheal results` exports them (angles in degrees): by the suffix, .json, .csv or .parquet."""
     import json
 
     from rlheal.atomic import write_text
+    from rlheal.export import export_rows, in_degrees, to_csv, write_parquet
 
-    if path.suffix == ".json":
-        write_text(path, json.dumps(rows, indent=1, default=str))
-    elif path.suffix == ".csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(path, buf.getvalue())
+    if path.suffix not in (".json", ".csv", ".parquet"):
+        raise typer.BadParameter(f"--out {path}: use a .csv, .json or .parquet file")
+    if path.suffix == ".parquet":
+        write_parquet(export_rows(rows), path)
+    elif path.suffix == ".json":
+        write_text(path, json.dumps([in_degrees(r) for r in rows], indent=1, default=str))
     else:
-        raise typer.BadParameter(f"--out {path}: use a .csv or .json file")
+        write_text(path, to_csv(export_rows(rows)))
 
 
 def _cache(folder: Path | None):
@@ -66,15 +59,17 @@ def _print_summary(rows: list[dict]) -> None:
 
     from rlheal.spectral import aggregate
 
-    table = Table(title="spectral summary per checkpoint (angles in radians; max over matrices, drift mean)")
+    table = Table(title="spectral summary per checkpoint (angles in degrees, max over matrices; drift mean)")
     for col in ("target", "reference", "k", "matrices", "mean|Δσ|/σ", "top L", "top R", "tail L", "tail R",
                 "diag share", "offdiag share"):
         table.add_column(col)
     for agg in aggregate(rows, ("target", "reference", "k_label")):
         table.add_row(plain(Path(agg["target"]).name), plain(Path(agg["reference"]).name), plain(agg["k_label"]),
                       str(agg["n_matrices"]),
-                      *(f"{agg[c]:.3g}" for c in ("mean_abs_rel_sigma_drift", "top_left_max", "top_right_max",
-                                                  "tail_left_max", "tail_right_max", "diag_share", "offdiag_share")))
+                      f"{agg['mean_abs_rel_sigma_drift']:.3g}",
+                      *(f"{math.degrees(agg[c]):.3g}" for c in ("top_left_max", "top_right_max", "tail_left_max",
+                                                                "tail_right_max")),
+                      *(f"{agg[c]:.3g}" for c in ("diag_share", "offdiag_share")))
     Console().print(table)
 
 
@@ -111,7 +106,7 @@ def spectrum(
     modules: Annotated[str, typer.Option("--modules", help="Modules: q,k,v,o,gate,up,down,embed,head.")] = MODULES,
     layers: Annotated[str, typer.Option("--layers", help="Decoder layers, e.g. 0-3,8 (default: all).")] = "",
     store: Annotated[Path | None, typer.Option("--store", help="Run folder: its store receives the rows (unless --out) and resolves base/ood-peak.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write rows to FILE.csv or FILE.json (instead of the store).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write rows to FILE.csv, FILE.json or FILE.parquet (instead of the store); angles in degrees.")] = None,
     method: Annotated[str, typer.Option("--method", help="gram64 (fast, float64), svd64 (exact), svd32 (naive).")] = "gram64",
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present and the matrices have rank ≥ 1024, else CPU), cpu, cuda, cuda:1 …")] = "auto",
     cache: Annotated[Path | None, typer.Option("--cache", envvar="RLHEAL_SPECTRAL_CACHE", help="Keep reference decompositions in this folder and reuse them in later runs (default: none).")] = None,
@@ -140,10 +135,10 @@ def spectrum(
                 return
         else:
             rows, sigma_rows = run_spectrum(pairs, _parse_sizes(k), modules, parse_layers(layers), method, device,
-                                            _cache(cache))
+                                            _cache(cache), progress=show_bars())
         aligned = _alignment(pairs, toward, modules)
     except (CheckpointError, SpectralError, WeightsError, StoreError) as exc:
-        raise _fail(exc) from exc
+        raise fail(one_line(exc), 1) from None
     if aligned:
         _print_alignment(aligned)
         if store is not None and out is None:
@@ -168,7 +163,7 @@ def edit(
     ref: Annotated[Path, typer.Option("--ref", help="Reference checkpoint (e.g. the base model).")],
     target: Annotated[Path, typer.Option("--target", help="Checkpoint to edit.")],
     mode: Annotated[str, typer.Option("--mode", help="values, vectors, triplets or layers.")],
-    out: Annotated[Path, typer.Option("--out", help="New checkpoint folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New checkpoint folder.")],
     top: Annotated[str, typer.Option("--top", help="Top singular directions: count or fraction of the rank.")] = "0",
     tail: Annotated[str, typer.Option("--tail", help="Tail singular directions: count or fraction (top=tail=0: all).")] = "0",
     modules: Annotated[str, typer.Option("--modules", help="Modules to edit.")] = MODULES,
@@ -190,13 +185,13 @@ def edit(
     (top_v,), (tail_v,) = sizes
     try:
         path = edit_checkpoint(ref, target, out, mode, top_v, tail_v, modules if mode != "layers" else None,
-                               parse_layers(layers), method, device, _cache(cache), overwrite)
+                               parse_layers(layers), method, device, _cache(cache), overwrite, progress=show_bars())
     except (CheckpointError, SpectralError, WeightsError, FileExistsError) as exc:
-        raise _fail(exc) from exc
+        raise fail(one_line(exc), 1) from None
     typer.echo(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands to `app`."""
-    app.command("spectrum")(spectrum)
-    app.command("edit")(edit)
+    app.command("spectrum")(command(spectrum))
+    app.command("edit")(command(edit))

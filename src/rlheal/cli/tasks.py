@@ -6,7 +6,10 @@ import json
 
 import typer
 
-tasks_app = typer.Typer(help="Look at the task worlds (gp24, rank, det): problems, answers, verdicts.", no_args_is_help=True)
+from rlheal.cli.common import command
+
+tasks_app = typer.Typer(help="Look at the task worlds: their list, problems, answers, verdicts.", no_args_is_help=True,
+                        rich_markup_mode=None)
 
 _SPLIT = typer.Option("id", "--split", help="id or ood.")
 _SEED = typer.Option(0, "--seed", help="Problem seed.")
@@ -32,9 +35,16 @@ def _problem(task, split: str, seed: int, index: int):
         raise typer.BadParameter(str(error)) from error
 
 
-@tasks_app.command("show")
+def list_tasks() -> None:
+    """List the task worlds: name, what ID and OOD differ in, attempts per episode."""
+    from rlheal.tasks import TASKS
+
+    for name, cls in TASKS.items():
+        typer.echo(f"{name:<15} {cls.default_max_attempts} attempt(s)  {cls.summary}")
+
+
 def show(
-    task_name: str = typer.Argument(..., metavar="TASK", help="gp24, rank, det or gp24-low."),
+    task_name: str = typer.Argument(..., metavar="TASK", help="A task name (rlheal tasks list)."),
     split: str = _SPLIT,
     n: int = typer.Option(5, "-n", min=1, help="How many problems."),
     start: int = typer.Option(0, "--start", min=0, help="Index of the first problem."),
@@ -55,9 +65,8 @@ def show(
             typer.echo(f"({len(solutions)} distinct solution(s): {', '.join(solutions[:5])}{', ...' if len(solutions) > 5 else ''})")
 
 
-@tasks_app.command("check")
 def check(
-    task_name: str = typer.Argument(..., metavar="TASK", help="gp24, rank, det or gp24-low."),
+    task_name: str = typer.Argument(..., metavar="TASK", help="A task name (rlheal tasks list)."),
     answer: str = typer.Option(..., "--answer", help="The answer text, in the profile's format."),
     split: str = _SPLIT,
     seed: int = _SEED,
@@ -77,4 +86,7 @@ def check(
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands to `app`."""
+    tasks_app.command("list")(command(list_tasks))
+    tasks_app.command("show")(command(show))
+    tasks_app.command("check")(command(check))
     app.add_typer(tasks_app, name="tasks")

@@ -207,7 +207,7 @@ def check_checkpoint(folder: str | Path) -> Path:
     """Raise CheckpointError unless `folder` holds a loadable HF model (config + safetensors weights)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+        raise CheckpointError(f"checkpoint folder {folder} does not exist{hub_hint(folder)}")
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json: it is not a Hugging Face model folder")
     try:
@@ -223,6 +223,19 @@ def check_checkpoint(folder: str | Path) -> Path:
     if missing:
         raise CheckpointError(f"{folder} lacks weight shards {missing} named by its index")
     return folder
+
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def hub_hint(path: str | Path) -> str:
+    """For a missing path that reads like a Hugging Face Hub id (`Qwen/Qwen2.5-0.5B-Instruct`): how to get it
+    (rlheal reads local folders only and downloads nothing); else ""."""
+    text = str(path)
+    if not _HUB_ID.match(text) or Path(text).exists():
+        return ""
+    local = f"models/{text.split('/')[1]}"
+    return f" (rlheal reads local folders and downloads nothing: `hf download {text} --local-dir {local}`, then give {local})"
 
 
 def weights_sha256(folder: str | Path) -> str:
@@ -248,7 +261,7 @@ def find_checkpoints(paths: list[str | Path]) -> list[Path]:
             found.append(path)
             continue
         if not path.is_dir():
-            raise CheckpointError(f"{path} does not exist")
+            raise CheckpointError(f"{path} does not exist{hub_hint(path)}")
         subs = [p for p in path.iterdir() if p.is_dir() and (p / "config.json").exists()]
         if not subs:
             raise CheckpointError(f"{path} is neither a checkpoint (no config.json) nor a folder of checkpoints")

@@ -100,6 +100,8 @@ def _pretrain(model, blocks: list[list[int]], spec: PretrainSpec, seed: int, pro
               on_step: Callable[[int, float], None] | None) -> list[float]:
     import torch
 
+    from rlheal.progress import bar
+
     torch.manual_seed(seed)
     data = torch.tensor(blocks, dtype=torch.long)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -110,8 +112,7 @@ def _pretrain(model, blocks: list[list[int]], spec: PretrainSpec, seed: int, pro
     )
     model.train()
     losses: list[float] = []
-    with _progress_bar(progress) as bar:
-        task = bar.add_task("pretraining the built-in model", total=spec.steps) if bar else None
+    with bar("pretraining the built-in model", total=spec.steps, enabled=progress) as shown:
         for step, batch in enumerate(batch_order(len(blocks), spec, seed)):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, spec)
@@ -124,24 +125,6 @@ def _pretrain(model, blocks: list[list[int]], spec: PretrainSpec, seed: int, pro
             losses.append(loss.item())
             if on_step:
                 on_step(step, losses[-1])
-            if bar:
-                bar.update(task, advance=1, description=f"pretraining (loss {losses[-1]:.3f})")
+            shown.advance(1, description=f"pretraining (loss {losses[-1]:.3f})")
     model.eval()
     return losses
-
-
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), "ETA", TimeRemainingColumn())

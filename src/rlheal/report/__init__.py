@@ -13,6 +13,7 @@ from rlheal.atomic import write_bytes, write_text
 from rlheal.report import figures, text
 from rlheal.report.direction import direction_sentences, directions
 from rlheal.report.findings import Findings, compute
+from rlheal.report.header import run_facts
 from rlheal.report.html import Section, render
 from rlheal.store import Store, StoreError
 
@@ -22,7 +23,8 @@ FIGURE_DIR = "report"
 
 def spectral_sentences(spectral: list[dict[str, Any]], steps: dict[str, int], labels: dict[str, str],
                        references: dict[str, str], k_label: str) -> list[str]:
-    """σ drift against rotation for the last checkpoint compared with each reference."""
+    """σ drift against rotation for the last SFT checkpoint (`steps`: SFT checkpoint -> step) compared with
+    each reference."""
     out = []
     for name, ref in references.items():
         rows = [r for r in spectral if r["reference"] == ref and r["k_label"] == k_label and r["target"] in steps]
@@ -62,7 +64,7 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
                          "run a study or `rlheal eval` first")
     out = Path(out) if out is not None else run / REPORT_HTML
     found: Findings = compute([evals])
-    steps = {r["checkpoint"]: r["step"] for r in evals}
+    sft_steps = {r["checkpoint"]: r["step"] for r in evals if r["stage"] == "sft"}
     labels = {r["checkpoint"]: r["label"] for r in evals}
     peaks = {c.task: c.peak.rows[0]["checkpoint"] for c in found.sft}
     references = _spectral_references(spectral, evals, peaks)
@@ -93,18 +95,19 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
                 "Pooled per-update advantage histograms for each RL start (the paper links recovery to a "
                 "flat rather than skewed distribution).", empty_note="No RL updates stored."),
         Section("5. Singular values vs singular vectors",
-                spectral_sentences(spectral, steps, labels, references, k_label),
-                figure("spectral_summary.png", figures.spectral_summary(spectral, steps, references, k_label))
+                spectral_sentences(spectral, sft_steps, labels, references, k_label),
+                figure("spectral_summary.png", figures.spectral_summary(spectral, evals, references, k_label))
                 if references else None,
                 "Mean relative singular-value drift and mean principal angle of the top-k singular subspaces, "
-                "averaged over the analysed matrices, for each checkpoint against each reference.",
+                "averaged over the analysed matrices, against each reference: SFT checkpoints by SFT step (top); "
+                "RL checkpoints by RL update, one line per start and arm (below).",
                 empty_note="No spectral rows stored."),
     ]
     if references:
         name, ref = next(iter(references.items()))
         sections.append(Section(f"6. Per layer, against {name}", (),
-                                figure("spectral_layers.png", figures.spectral_heatmaps(spectral, steps, ref, k_label)),
-                                "Mean over the modules of each decoder layer."))
+                                figure("spectral_layers.png", figures.spectral_heatmaps(spectral, evals, ref, k_label)),
+                                "SFT checkpoints; mean over the modules of each decoder layer."))
     sections.append(Section("7. Weight edits", text.edit_sentences(found),
                             figure("edits.png", figures.edits(found.edits)) if found.edits else None,
                             "OOD success after restoring singular values, singular vectors or whole early layers "
@@ -120,7 +123,7 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
     meta = (f"Run folder {run.resolve()} · built {datetime.now(UTC).isoformat(timespec='seconds')} from "
             f"{len(evals)} eval rows, {len(losses)} loss rows, {len(updates)} RL update rows, {len(spectral)} "
             "spectral rows of results.sqlite")
-    write_text(out, render("rlheal study report", meta, sections))
+    write_text(out, render("rlheal study report", meta, sections, facts=run_facts(run, evals)))
     return out
 
 

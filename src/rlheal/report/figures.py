@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rlheal.report.findings import EditResult, Point, RlArm, SftCurve  # noqa: E402
+from rlheal.report.findings import EditResult, Point, RlArm, SftCurve, rl_arm  # noqa: E402
 
 Row = dict[str, Any]
 SPLIT_COLORS = {"id": "#1f77b4", "ood": "#d62728"}
@@ -180,45 +180,86 @@ def edits(results: Sequence[EditResult]) -> Figure:
     return fig
 
 
-def _spectral_by_step(spectral: Sequence[Row], steps: dict[str, int], reference: str, k_label: str):
-    """{step: [rows]} of the given reference and k, for targets whose step is known."""
-    out: dict[int, list[Row]] = defaultdict(list)
-    for r in spectral:
-        if r["reference"] == reference and r["k_label"] == k_label and r["target"] in steps:
-            out[steps[r["target"]]].append(r)
-    return dict(sorted(out.items()))
+def spectral_series(spectral: Sequence[Row], evals: Sequence[Row], reference: str, k_label: str
+                    ) -> dict[str, dict[int, list[Row]]]:
+    """The spectral rows of one reference and k as series, never mixing the two kinds of step: `SFT` keyed
+    by SFT step, and one series per RL start and arm (`sft-24+ppo`) keyed by RL update, starting at update 0
+    with the start checkpoint itself. Targets that were not evaluated (no stage known) are left out."""
+    sft = {r["checkpoint"]: r["step"] for r in evals if r["stage"] == "sft"}
+    labels = {r["checkpoint"]: r["label"] for r in evals}
+    rl = {r["checkpoint"]: (f"{labels.get(r['parent'], r['parent'])}+{rl_arm(r['label'])}", r["step"], r["parent"])
+          for r in evals if r["stage"] == "rl" and r.get("parent")}
+    mine = [r for r in spectral if r["reference"] == reference and r["k_label"] == k_label]
+    by_target: dict[str, list[Row]] = defaultdict(list)
+    for r in mine:
+        by_target[r["target"]].append(r)
+    series: dict[str, dict[int, list[Row]]] = defaultdict(dict)
+    for target, rows in by_target.items():
+        if target in sft:
+            series["SFT"][sft[target]] = rows
+        elif target in rl:
+            name, update, start = rl[target]
+            series[name][update] = rows
+            if start in by_target:
+                series[name].setdefault(0, by_target[start])
+    return {name: dict(sorted(points.items())) for name, points in sorted(series.items(), key=lambda kv: kv[0] != "SFT")}
 
 
-def spectral_summary(spectral: Sequence[Row], steps: dict[str, int], references: dict[str, str],
+def _mean(rows: Sequence[Row], key: str, scale: float = 1.0) -> float:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return scale * float(np.mean(values)) if values else float("nan")
+
+
+def spectral_summary(spectral: Sequence[Row], evals: Sequence[Row], references: dict[str, str],
                      k_label: str) -> Figure:
-    """Per reference: mean |Δσ|/σ (%) and mean top-k principal angle (degrees) over matrices, vs SFT step."""
-    fig, axes = plt.subplots(1, max(1, len(references)), figsize=(6.5 * max(1, len(references)), 4.5), squeeze=False)
-    for col, (name, ref) in enumerate(references.items()):
+    """Per reference (columns): mean |Δσ|/σ (%) and mean top-k principal angle (degrees) over matrices. Top row:
+    SFT checkpoints against SFT step; with RL, two more rows against RL update, one line per start and arm
+    (update 0 is the start): SFT steps and RL updates never share an axis."""
+    per_ref = {name: spectral_series(spectral, evals, ref, k_label) for name, ref in references.items()}
+    has_rl = any(len(series) > 1 or "SFT" not in series for series in per_ref.values())
+    n_rows = 3 if has_rl else 1
+    fig, axes = plt.subplots(n_rows, max(1, len(references)), figsize=(6.5 * max(1, len(references)), 4.2 * n_rows),
+                             squeeze=False)
+    for col, (name, series) in enumerate(per_ref.items()):
         ax = axes[0][col]
-        by_step = _spectral_by_step(spectral, steps, ref, k_label)
-        xs = list(by_step)
-        drift = [100 * np.nanmean([r["mean_abs_rel_sigma_drift"] for r in rows]) for rows in by_step.values()]
-        ax.plot(xs, drift, "o-", color="#1f77b4", label="mean |Δσ|/σ (%)")
-        ax.set_xlabel("checkpoint step")
+        sft = series.get("SFT", {})
+        xs = list(sft)
+        ax.plot(xs, [_mean(rows, "mean_abs_rel_sigma_drift", 100) for rows in sft.values()], "o-", color="#1f77b4",
+                label="mean |Δσ|/σ (%)")
+        ax.set_xlabel("SFT step")
         ax.set_ylabel("singular-value drift (%)", color="#1f77b4")
         twin = ax.twinx()
         for key, style, label in (("top_left_mean", "s--", "top-k left (U)"), ("top_right_mean", "^--", "top-k right (V)")):
-            ang = [np.degrees(np.nanmean([r[key] for r in rows])) for rows in by_step.values()]
-            twin.plot(xs, ang, style, color="#d62728", label=f"mean angle, {label}")
+            twin.plot(xs, [_mean(rows, key, 180 / np.pi) for rows in sft.values()], style, color="#d62728",
+                      label=f"mean angle, {label}")
         twin.set_ylabel("principal angle (degrees)", color="#d62728")
-        ax.set_title(plain(f"vs {name}: σ drift and rotation ({k_label})"))
+        ax.set_title(plain(f"SFT checkpoints vs {name}: σ drift and rotation ({k_label})"))
         ax.grid(alpha=0.3)
         handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
         if handles:
             ax.legend(handles, labels, fontsize=8, loc="upper left")
+        if not has_rl:
+            continue
+        for row, (key, scale, unit) in enumerate((("top_left_mean", 180 / np.pi, "mean top-k left angle (degrees)"),
+                                                  ("mean_abs_rel_sigma_drift", 100.0, "mean |Δσ|/σ (%)")), start=1):
+            rax = axes[row][col]
+            for arm, points in series.items():
+                if arm != "SFT":
+                    rax.plot(list(points), [_mean(rows, key, scale) for rows in points.values()], "o-", label=plain(arm))
+            rax.set_xlabel("RL update (0: the SFT checkpoint RL started from)")
+            rax.set_ylabel(unit)
+            rax.set_title(plain(f"RL checkpoints vs {name}, one line per start and arm"))
+            rax.grid(alpha=0.3)
+            if rax.get_legend_handles_labels()[0]:
+                rax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def spectral_heatmaps(spectral: Sequence[Row], steps: dict[str, int], reference: str, k_label: str) -> Figure:
-    """Layer × checkpoint heatmaps of σ drift and top-k rotation against one reference."""
-    by_step = _spectral_by_step(spectral, steps, reference, k_label)
+def spectral_heatmaps(spectral: Sequence[Row], evals: Sequence[Row], reference: str, k_label: str) -> Figure:
+    """Layer × SFT checkpoint heatmaps of σ drift and top-k rotation against one reference."""
+    by_step = spectral_series(spectral, evals, reference, k_label).get("SFT", {})
     layers = sorted({r["layer"] for rows in by_step.values() for r in rows if r.get("layer") is not None})
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * max(4, len(layers)) + 2))
     for ax, key, title, scale, unit in (
@@ -234,7 +275,7 @@ def spectral_heatmaps(spectral: Sequence[Row], steps: dict[str, int], reference:
         im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis")
         ax.set_xticks(range(len(by_step)), [str(s) for s in by_step], rotation=45, fontsize=7)
         ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
-        ax.set_xlabel("checkpoint step")
+        ax.set_xlabel("SFT step")
         ax.set_ylabel("decoder layer")
         ax.set_title(title)
         fig.colorbar(im, ax=ax, label=unit)

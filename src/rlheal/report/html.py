@@ -15,6 +15,7 @@ h1{font-size:1.7em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-b
 figcaption{color:#555;font-size:.9em} ul.findings li{margin:.35em 0}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0} td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f5f5f5} td:first-child,th:first-child{text-align:left} .empty{color:#999;font-style:italic}
+table.facts td{text-align:left}
 """
 
 
@@ -40,10 +41,14 @@ def _fmt(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def render(title: str, meta: str, sections: Sequence[Section]) -> str:
+def render(title: str, meta: str, sections: Sequence[Section], facts: Sequence[tuple[str, str]] = ()) -> str:
+    """The page: title, `facts` (name, value) as a small table, the `meta` line, then the sections."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p class='meta'>{html.escape(meta)}</p>"]
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if facts:
+        parts.append("<table class='facts'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                                                        for k, v in facts) + "</table>")
+    parts.append(f"<p class='meta'>{html.escape(meta)}</p>")
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         if s.sentences:

@@ -98,7 +98,8 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
     (default: all). `layers` mode copies every tensor of the chosen decoder layers (norms included) from
     the reference. The manifest records stage="edit", the parent target and the edit's settings.
     """
-    from rlheal.spectral.sweep import _progress, resolve_device
+    from rlheal.progress import bar
+    from rlheal.spectral.sweep import resolve_device
 
     if mode not in EDIT_MODES:
         raise SpectralError(f"unknown edit mode {mode!r}; choose one of {EDIT_MODES}")
@@ -122,8 +123,7 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
     dev = resolve_device(device, max((min(i.shape) for i in infos), default=0))
     whole_rank: list[str] = []
     out = Path(out)
-    with staged_dir(out, overwrite=overwrite) as tmp, _progress(progress) as bar:
-        task = bar.add_task(f"edit ({mode})", total=len(names)) if bar else None
+    with staged_dir(out, overwrite=overwrite) as tmp, bar(f"edit ({mode})", total=len(names), enabled=progress) as shown:
         for file in tgt_w.files:
             tensors = load_file(tgt_w.folder / file)
             with safe_open(tgt_w.folder / file, framework="pt") as fh:
@@ -141,8 +141,7 @@ def edit_checkpoint(reference: str | Path, target: str | Path, out: str | Path, 
                     if whole:
                         whole_rank.append(name)
                 tensors[name] = new.to(dtype=original.dtype).to(device="cpu").contiguous()
-                if bar:
-                    bar.advance(task)
+                shown.advance()
             save_file(tensors, resolve_inside(tmp, file, "a weight shard"), metadata=metadata)
         for path in tgt_w.folder.iterdir():
             if path.is_file() and path.suffix != ".safetensors" and path.name != MANIFEST:

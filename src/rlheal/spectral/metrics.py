@@ -23,6 +23,8 @@ METRIC_COLUMNS = (
     *(f"{s}_{stat}" for s in ANGLE_SETS for stat in ("max", "mean", "proj")),
     "diag_share", "offdiag_share", "angle_error_bound",
 )
+# The columns holding angles (radians in the store; degrees wherever a person or an export reads them).
+ANGLE_COLUMNS = (*(f"{s}_{stat}" for s in ANGLE_SETS for stat in ("max", "mean")), "angle_error_bound")
 
 SPECTRAL = Table(
     name="spectral",

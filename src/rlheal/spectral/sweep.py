@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from rlheal.progress import bar
 from rlheal.spectral.cache import DecompositionCache
 from rlheal.spectral.linalg import Decomposition, decompose, resolve_k
 from rlheal.spectral.metrics import matrix_metrics
@@ -161,13 +162,12 @@ def run_spectrum(
 
     per_pair: list[list[tuple[list[dict[str, Any]], dict[str, Any]]]] = [[] for _ in jobs]
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    with _progress(progress) as bar:
-        task = bar.add_task("spectrum", total=sum(len(p) for _, p in plan.values())) if bar else None
+    with bar("spectrum", total=sum(len(p) for _, p in plan.values()), enabled=progress) as shown:
         for name, stored in _prefetched(plan, pin=dev.type == "cuda"):
             start = time.perf_counter()
             info, tensor_pairs = plan[name]
             done = _compare_tensor(info, tensor_pairs, stored, ks, method, dev, cache, references,
-                                   lambda: bar.advance(task) if bar else None)
+                                   shown.advance)
             seconds = (time.perf_counter() - start) / len(tensor_pairs)
             for (index, ref, target), metric_rows, sigma_row, methods in done:
                 ident = {"target": str(target.folder), "reference": str(ref.folder), "tensor": name,
@@ -180,13 +180,3 @@ def run_spectrum(
     sigma_rows = [sigma_row for results in per_pair for _, sigma_row in results]
     return rows, sigma_rows
 
-
-def _progress(enabled: bool):
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), transient=True)

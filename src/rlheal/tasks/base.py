@@ -19,7 +19,7 @@ from rlheal.tasks.holdout import TRAIN, check_pool, pool_of
 SPLITS: tuple[str, ...] = ("id", "ood")
 PROFILES: tuple[str, ...] = ("compact", "paper")
 
-# Verdict kinds, from best to worst. The reward of each is task-specific (PAPER.md §2 for gp24).
+# Verdict kinds, from best to worst. The reward of each is task-specific (the paper's §2 for gp24).
 CORRECT = "correct"
 WRONG_VALUE = "wrong_value"  # well-formed answer, right inputs, wrong result
 WRONG_NUMBERS = "wrong_numbers"  # gp24: the formula does not use exactly the hand's numbers
@@ -125,6 +125,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     default_max_attempts: ClassVar[int]
+    summary: ClassVar[str] = ""  # one line for `rlheal tasks list`: what is asked, and what ID and OOD differ in
 
     def __init__(self, profile: str = "compact") -> None:
         if profile not in PROFILES:

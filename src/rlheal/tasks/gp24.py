@@ -6,7 +6,7 @@ OOD: three cards uniform, one drawn from J/Q/K, shuffled; J/Q/K count 11/12/13. 
 redrawn. The rule is stated in the prompt.
 `gp24-low` is the same game with an OOD rule inside the ID value range, J/Q/K = 1/2/3: its OOD hands need no
 number above 10, so what separates OOD from ID is only reading the stated rule.
-Rewards per attempt (PAPER.md §2): +5 correct, -1 right numbers but wrong value, -2 numbers not exactly the
+Rewards per attempt (the paper's §2): +5 correct, -1 right numbers but wrong value, -2 numbers not exactly the
 hand's, -3 illegal formula or no answer found.
 """
 
@@ -94,6 +94,7 @@ class GeneralPoints(Task):
     (default 13: ID cards from A..K; lower it to draw ID hands from fewer ranks, e.g. for RL problems)."""
 
     name: ClassVar[str] = "gp24"
+    summary: ClassVar[str] = "make 24 from four cards; ID counts J/Q/K as 10, OOD as 11/12/13 (the paper's GeneralPoints)"
     ood_faces: ClassVar[tuple[int, int, int]] = OOD_FACES
     feedback_names_values: ClassVar[bool] = True  # the wrong-numbers feedback states the card values
     default_max_attempts: ClassVar[int] = 5
@@ -163,6 +164,7 @@ class GeneralPointsLowFaces(GeneralPoints):
     """`gp24-low`: GeneralPoints whose OOD rule keeps J/Q/K inside the ID value range (1/2/3)."""
 
     name: ClassVar[str] = "gp24-low"
+    summary: ClassVar[str] = "gp24 whose OOD rule counts J/Q/K as 1/2/3: only reading the stated rule tells OOD from ID"
     ood_faces: ClassVar[tuple[int, int, int]] = (1, 2, 3)
 
 
@@ -171,4 +173,5 @@ class GeneralPointsLowFacesBlind(GeneralPointsLowFaces):
     can repair a misread rule only by reading it again (a diagnostic variant)."""
 
     name: ClassVar[str] = "gp24-low-blind"
+    summary: ClassVar[str] = "gp24-low whose revision feedback never states the card values"
     feedback_names_values: ClassVar[bool] = False

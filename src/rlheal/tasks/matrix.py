@@ -143,6 +143,7 @@ class MatrixTask(Task):
 
 class MatrixRank(MatrixTask):
     name: ClassVar[str] = "rank"
+    summary: ClassVar[str] = "the rank of an integer matrix; ID 4x5, OOD 5x4"
     default_max_attempts: ClassVar[int] = 1
     noun: ClassVar[str] = "rank"
     word: ClassVar[str] = "rank"
@@ -156,6 +157,7 @@ class MatrixRank(MatrixTask):
 
 class Determinant(MatrixTask):
     name: ClassVar[str] = "det"
+    summary: ClassVar[str] = "the determinant of an integer matrix; ID 2x2, OOD 3x3 (the built-in study's task)"
     default_max_attempts: ClassVar[int] = 5
     noun: ClassVar[str] = "determinant"
     word: ClassVar[str] = "det"

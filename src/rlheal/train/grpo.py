@@ -22,7 +22,7 @@ One update is one rollout of `prompts_per_update` problems × `num_generations` 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,11 +98,15 @@ def train_grpo(
     store: Store | None = None,
     task: Any = None,
     show_progress: bool = True,
+    report_to: Sequence[str] = (),
+    on_played: Callable[[int, Sequence[Any]], None] | None = None,
 ) -> RLResult:
     """Run GRPO from checkpoint `start` into `out/step-XXXXXX/` (resuming from the latest checkpoint there).
 
     Same contract as `train_ppo`: rows to `store` (`rl_updates`, algo "grpo"; value_loss is None, kl is None
-    when beta = 0), checkpoints with an rlheal manifest whose parent is `start`.
+    when beta = 0), checkpoints with an rlheal manifest whose parent is `start`. TRL reports its own logs to
+    the trackers of `report_to` (`rlheal.tracking`), as tracker run `rl/<out folder name>`;
+    `on_played(update, played)` receives the main process's episodes of each rollout (samples).
     """
     import torch
     from accelerate.utils import gather_object
@@ -115,6 +119,7 @@ def train_grpo(
     from rlheal.provenance import stable_hash
     from rlheal.rollout import Decoding, HFBackend, play
     from rlheal.tasks.base import Task
+    from rlheal.tracking import TrainerReporting
     from rlheal.train.ledger import record_update
 
     start, out = check_checkpoint(Path(start)).resolve(), Path(out).resolve()
@@ -148,6 +153,8 @@ def train_grpo(
         played = play(task, [by_prompt[p[-1]["content"]] for p in prompts], backend,
                       max_attempts=config.max_attempts, decoding=decoding)
         state["played"] = played
+        if on_played is not None and trainer.accelerator.is_main_process:
+            on_played(done + state["calls"], played)
         tokens = [episode_tokens(pe.generations) for pe in played]
         return {"prompt_ids": [t[0] for t in tokens], "completion_ids": [t[1] for t in tokens],
                 "env_mask": [t[2] for t in tokens], "logprobs": None,
@@ -202,6 +209,7 @@ def train_grpo(
     if per_device % n_proc:
         raise ValueError(f"prompts_per_update × num_generations = {per_device} must be divisible by the "
                          f"{n_proc} processes")
+    reporting = TrainerReporting(report_to, out.parent.parent, f"rl/{out.name}")
     args = TRLConfig(
         output_dir=str(out / ".trl"), max_steps=(config.updates - done) * config.num_iterations, per_device_train_batch_size=per_device // n_proc,
         gradient_accumulation_steps=1, num_generations=config.num_generations, num_iterations=config.num_iterations,
@@ -209,11 +217,13 @@ def train_grpo(
         epsilon=config.epsilon, loss_type=config.loss_type, temperature=config.temperature,
         max_completion_length=config.max_new_tokens * (config.max_attempts or task.default_max_attempts),
         max_grad_norm=config.max_grad_norm, gradient_checkpointing=config.gradient_checkpointing,
-        logging_steps=config.num_iterations, save_strategy="no", report_to=[], seed=config.seed, data_seed=config.seed,
+        logging_steps=config.num_iterations, save_strategy="no", seed=config.seed, data_seed=config.seed,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), disable_tqdm=not show_progress,
+        **reporting.arguments,
     )
-    trainer = RecordingTrainer(model=model, reward_funcs=episode_return, args=args, train_dataset=dataset,
-                               processing_class=tokenizer, rollout_func=rollout, callbacks=[Recorder()])
+    with reporting:
+        trainer = RecordingTrainer(model=model, reward_funcs=episode_return, args=args, train_dataset=dataset,
+                                   processing_class=tokenizer, rollout_func=rollout, callbacks=[Recorder()])
     trainer.train()
     return RLResult(rl_checkpoints(out), rows)
 

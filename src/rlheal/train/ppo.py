@@ -1,4 +1,4 @@
-"""Turn-level PPO as in the paper (PAPER.md §3), in one readable module in the spirit of CleanRL.
+"""Turn-level PPO as in the paper (its §3), in one readable module in the spirit of CleanRL.
 
 One update:
 1. Rollout: play `episodes_per_update` ID episodes with the revision protocol (`rlheal.rollout.play`) at the
@@ -334,20 +334,22 @@ def train_ppo(
     task: Any = None,
     show_progress: bool = True,
     on_update: Callable[[dict[str, Any]], None] | None = None,
+    on_played: Callable[[int, Sequence[Any]], None] | None = None,
 ) -> RLResult:
     """Run PPO from checkpoint `start` into `out/step-XXXXXX/`, resuming from the latest checkpoint there.
 
     `task` overrides `config.task` with a Task object (tests, custom worlds). Each update's row goes to
-    `store` (table `rl_updates`, run_id = resolved `out`) and to `on_update`. Returns the checkpoints in `out`
+    `store` (table `rl_updates`, run_id = resolved `out`) and to `on_update`; `on_played(update, played)`
+    receives the main process's played episodes of each update (samples). Returns the checkpoints in `out`
     and this call's rows; a run whose last update is already saved returns at once.
     """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rlheal.models.checkpoint import Manifest, check_checkpoint, load_model, read_manifest, save_model
+    from rlheal.progress import bar
     from rlheal.provenance import stable_hash
     from rlheal.rollout import Decoding, HFBackend, play
     from rlheal.tasks.base import Task
@@ -401,10 +403,8 @@ def train_ppo(
     console = Console(stderr=True)
     rows: list[dict[str, Any]] = []
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     show = show_progress and accelerator.is_main_process
-    with Progress(*columns, console=console, disable=not show) as progress:
-        bar = progress.add_task(f"PPO {start.name}", total=config.updates, completed=first_update - 1)
+    with bar(f"PPO {start.name}", total=config.updates, completed=first_update - 1, enabled=show) as progress:
         for update in range(first_update, config.updates + 1):
             began = time.perf_counter()
             # 1. rollout --------------------------------------------------------------------------------------
@@ -415,6 +415,8 @@ def train_ppo(
             decoding = Decoding(temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                                 seed=(config.seed * 1_000_003 + update) * n_proc + rank)
             played = play(task, problems, backend, max_attempts=config.max_attempts, decoding=decoding)
+            if on_played is not None and accelerator.is_main_process:
+                on_played(update, played)
             steps = flatten_episodes(played)
 
             # 2. score with the policy before the update (and the frozen start) -------------------------------
@@ -512,7 +514,7 @@ def train_ppo(
                     save_value_head(policy.head, folder)
             accelerator.wait_for_everyone()
             signal_note = "no learning signal" if no_signal else f"clip {row['clip_frac'] or 0:.2f}"
-            progress.update(bar, advance=1, description=(
+            progress.advance(1, description=(
                 f"PPO {start.name} u{update} reward {row['mean_reward']:.2f} "
                 f"solved {row['success_rate']:.0%} {signal_note}"))
             if stop:

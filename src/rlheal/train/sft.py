@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ from rlheal.models.checkpoint import (
 from rlheal.provenance import stable_hash
 from rlheal.store import Store, Table
 from rlheal.tasks.base import PROFILES, check_names
+from rlheal.tracking import Trackers
 from rlheal.train.schedule import ScheduleError, resolve_schedule
 from rlheal.yaml_input import YamlInputError, load_yaml_file
 
@@ -141,24 +142,30 @@ class SFTConfig(BaseModel):
             raise SFTConfigError(f"schedule: {exc}") from exc
 
 
-def load_sft_config(path: str | Path) -> SFTConfig:
-    """Read and validate a YAML SFT config (an optional top-level `sft:` section is accepted)."""
-    path = Path(path)
+def load_sft_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> SFTConfig:
+    """Read and validate a YAML SFT config (an optional top-level `sft:` section is accepted); None gives the
+    built-in study's SFT settings. `overrides` ({field: value}) replace fields before validation."""
+    source = "the built-in study's SFT settings" if path is None else str(path)
+    if path is None:
+        from rlheal.config import StudyConfig
+
+        data: Any = StudyConfig().sft.model_dump()
+    else:
+        try:
+            data = load_yaml_file(Path(path))
+        except YamlInputError as exc:
+            raise SFTConfigError(str(exc)) from None
+        if data is None:
+            raise SFTConfigError(f"{path} holds no settings: write the SFT fields (see rlheal.train.sft.SFTConfig)")
+        if isinstance(data, dict) and isinstance(data.get("sft"), dict):
+            data = data["sft"]
+        if not isinstance(data, dict):
+            raise SFTConfigError(f"{path} must hold a mapping of SFT settings, found {type(data).__name__}")
     try:
-        data = load_yaml_file(path)
-    except YamlInputError as exc:
-        raise SFTConfigError(str(exc)) from None
-    if data is None:
-        raise SFTConfigError(f"{path} holds no settings: write the SFT fields (see rlheal.train.sft.SFTConfig)")
-    if isinstance(data, dict) and isinstance(data.get("sft"), dict):
-        data = data["sft"]
-    if not isinstance(data, dict):
-        raise SFTConfigError(f"{path} must hold a mapping of SFT settings, found {type(data).__name__}")
-    try:
-        return SFTConfig(**data)
+        return SFTConfig(**{**data, **(overrides or {})})
     except ValidationError as exc:
         problems = "; ".join(f"field '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
-        raise SFTConfigError(f"{path}: {problems}") from exc
+        raise SFTConfigError(f"{source}: {problems}") from exc
 
 
 def sft_examples(tasks: Sequence[Any], n: int, seed: int) -> list[dict[str, list[dict[str, str]]]]:
@@ -225,7 +232,17 @@ def resolve_model(name: str, progress: bool = True) -> Path:
         if name not in RECIPES:
             raise SFTConfigError(f"unknown built-in model {name!r}; valid: {', '.join(RECIPES)}")
         return builtin_base(RECIPES[name], progress=progress)
-    return check_checkpoint(Path(name).expanduser())
+    try:
+        return check_checkpoint(Path(name).expanduser())
+    except CheckpointError as exc:
+        raise SFTConfigError(f"model: {exc}") from None
+
+
+def bf16_available() -> bool:
+    """Whether this machine trains in bfloat16 (a CUDA GPU that supports it)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def step_folder(out: Path, step: int) -> Path:
@@ -270,19 +287,29 @@ def existing_steps(out: Path, expected_hash: str, *older_hashes: str) -> set[int
     return saved
 
 
-def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True) -> list[Path]:
-    """Train per `cfg` into the run folder `out`; returns the folders of all scheduled checkpoints."""
+def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True,
+            trackers: Trackers | None = None) -> list[Path]:
+    """Train per `cfg` into the run folder `out`; returns the folders of all scheduled checkpoints.
+
+    `progress` shows one bar over the steps; the trainer's own log lines appear only while transformers'
+    logging is at INFO or WARNING (its default; `rlheal --verbose`). With `trackers` (`rlheal.tracking`) the
+    trainer reports to the same trackers as run `sft`, and the scheduled test losses go to run `eval/sft`."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
+    from transformers.utils import logging as hf_logging
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
     from rlheal.evaluate import eval_problems
     from rlheal.models.checkpoint import load_model
+    from rlheal.progress import bar
     from rlheal.tasks import get_task
+    from rlheal.tracking import TrainerReporting
     from rlheal.train import sft_methods
 
     out = Path(out)
+    if cfg.bf16 and not bf16_available():
+        raise SFTConfigError("bf16: this machine has no GPU that computes in bfloat16; set bf16 to false")
     tasks = [get_task(name, profile=cfg.profile) for name in cfg.tasks]
     schedule = cfg.checkpoint_steps()
     start = resolve_model(cfg.model, progress=progress)
@@ -302,6 +329,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
         """Save + loss rows at scheduled steps; stop after the last step still to do."""
 
         trainer: Any = None
+        bar: Any = None
 
         def checkpoint(self, step: int) -> None:
             if step not in todo:
@@ -320,6 +348,9 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
                 store.put(LOSSES, [{"checkpoint": str(folder.resolve()), "task": task, "split": split,
                                     "step": step, "loss": loss, "n_tokens": n}
                                    for (task, split), (loss, n) in losses.items()])
+            if trackers is not None and trainer.is_world_process_zero():
+                trackers.log("eval/sft", {f"{task}/{split}/test_loss": loss for (task, split), (loss, _) in
+                                          losses.items()}, step)
             trainer.accelerator.wait_for_everyone()
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -327,9 +358,11 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
 
         def on_step_end(self, args, state, control, **kwargs):
             self.checkpoint(state.global_step)
+            self.bar.advance(1, description=f"SFT step {state.global_step}")
             if state.global_step >= max(todo):
                 control.should_training_stop = True
 
+    reporting = TrainerReporting(trackers.report_to if trackers else [], out, "sft")
     args = TRLConfig(
         output_dir=str(out / SFT_DIR / ".trainer"),
         max_steps=cfg.steps,
@@ -346,12 +379,13 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
         packing=False,
         bf16=cfg.bf16,
         optim="adamw_torch",
-        report_to="none",
         save_strategy="no",
         eval_strategy="no",
         logging_steps=1,
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # rlheal's own bar instead
+        **reporting.arguments,
     )
+
     class PenalizedTrainer(SFTTrainer):
         """TRL's SFTTrainer with the method's penalty added to every training loss."""
 
@@ -364,13 +398,15 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
 
     callback = ScheduleCallback()
     started = time.perf_counter()
-    trainer = (SFTTrainer if penalty is None else PenalizedTrainer)(model=model, args=args, processing_class=tokenizer,
-                         train_dataset=Dataset.from_list(sft_examples(tasks, cfg.n_train, cfg.train_seed)),
-                         callbacks=[callback])
+    with reporting:
+        trainer = (SFTTrainer if penalty is None else PenalizedTrainer)(
+            model=model, args=args, processing_class=tokenizer,
+            train_dataset=Dataset.from_list(sft_examples(tasks, cfg.n_train, cfg.train_seed)), callbacks=[callback])
     callback.trainer = trainer
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # quiet: no per-step log lines (the history is still kept)
-    trainer.train()
+    if hf_logging.get_verbosity() > hf_logging.WARNING:
+        trainer.remove_callback(PrinterCallback)  # no per-step log dicts (the history is still kept)
+    with bar("SFT", total=max(todo), enabled=progress) as callback.bar:
+        trainer.train()
     if trainer.is_world_process_zero():
         log = {"wall_s": round(time.perf_counter() - started, 2), "config_hash": chash,
                "history": [h for h in trainer.state.log_history if "loss" in h]}

@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlheal.samples import SampleLog
 from rlheal.store import Store
+from rlheal.tracking import Trackers
 
 ALGOS: tuple[str, ...] = ("ppo", "grpo")
 
@@ -75,14 +77,19 @@ def run_sweep(
     eval_max_attempts: int | None = None,
     task: Any = None,
     show_progress: bool = True,
+    samples: SampleLog | None = None,
+    eval_samples: SampleLog | None = None,
+    trackers: Trackers | None = None,
 ) -> list[dict[str, Any]]:
     """RL from each selected checkpoint of `sft`, then evaluate the start and every RL checkpoint on ID and OOD
     of the trained task, into `run/results.sqlite` (with `eval_decoding`, default greedy `Decoding()`, the
     evaluator's default, so the starts' rows from the SFT sweep are reused) and `eval_max_attempts` attempts
     per episode (default: the RL config's, which defaults to the task's). `task` (a Task object) overrides
-    the config's task name.
+    the config's task name. `samples` receives the RL episodes, `eval_samples` the evaluation's;
+    `trackers` the update and evaluation rows (GRPO reports through TRL to the same trackers).
     Returns `rl_summary` rows of the starts of this sweep."""
     from rlheal.evaluate import evaluate
+    from rlheal.progress import note
     from rlheal.rollout import Decoding
     from rlheal.train.grpo import train_grpo
     from rlheal.train.ledger import restore_updates
@@ -90,21 +97,36 @@ def run_sweep(
 
     config = make_config(algo, overrides)
     starts = select_starts(sft, steps)
-    trainer = train_ppo if algo == "ppo" else train_grpo
     eval_task = task if task is not None else config.task
+    trackers = trackers or Trackers([], run)
     with Store(run) as store:
         for start in starts:
             out = rl_folder(run, start, config.arm)
-            result = trainer(start, out, config, store=store, task=task, show_progress=show_progress)
+            on_played = _sample_writer(samples, start, out, config.arm)
+            if algo == "ppo":
+                result = train_ppo(start, out, config, store=store, task=task, show_progress=show_progress,
+                                   on_update=trackers.log_update_row, on_played=on_played)
+            else:
+                result = train_grpo(start, out, config, store=store, task=task, show_progress=show_progress,
+                                    report_to=trackers.report_to, on_played=on_played)
             restore_updates(store, out, start)  # rows a lost or moved-aside store no longer holds
             if result.no_signal:
-                print(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
+                note(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
             evaluate(store, [start, *rl_checkpoints(out)], [eval_task], episodes=eval_episodes, seed=eval_seed,
                      profile=config.profile,
                      max_attempts=config.max_attempts if eval_max_attempts is None else eval_max_attempts,
-                     decoding=eval_decoding or Decoding(), show_progress=show_progress)
+                     decoding=eval_decoding or Decoding(), show_progress=show_progress, samples=eval_samples,
+                     on_row=trackers.log_eval_row)
         chosen = {str(s.resolve()) for s in starts}
         return [r for r in rl_summary(store) if r["start"] in chosen]
+
+
+def _sample_writer(samples: SampleLog | None, start: Path, out: Path, arm: str):
+    """The trainers' `on_played` that writes each update's episodes to `samples` (None without samples)."""
+    if samples is None:
+        return None
+    context = {"run_id": str(out.resolve()), "start": str(start.resolve()), "arm": arm}
+    return lambda update, played: samples.write(played, {**context, "update": update})
 
 
 def rl_summary(store: Store) -> list[dict[str, Any]]:
