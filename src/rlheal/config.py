@@ -24,11 +24,12 @@ from rlheal.train.sft import SFTConfig
 from rlheal.yaml_input import YamlInputError, load_yaml_file
 
 # Where the study's defaults differ from the section classes' own: the built-in det study on a CPU (SFT at a
-# gentle learning rate for long enough that 3x3 success can decline; RL as pre-registered in docs/RESULTS.md:
-# revision on, a gentle learning rate, 100 updates under adaptive KL control, the same episodes for every start).
+# gentle learning rate for long enough that 3x3 success can decline; RL as pre-registered in docs/RESULTS.md,
+# with its dated amendment: first attempts, a gentle learning rate, 100 updates under adaptive KL control, the
+# same episodes for every start).
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"steps": 2000, "schedule": "log:12", "lr": 1e-4},
-    "ppo": {"updates": 100, "episodes_per_update": 32, "rollout_batch_size": 32, "lr": 1e-5,
+    "ppo": {"updates": 100, "episodes_per_update": 32, "rollout_batch_size": 32, "lr": 1e-5, "max_attempts": 1,
             "max_new_tokens": 176, "save_every": 50, "kl_coef": 0.05, "kl_target": 2.0, "kl_stop": 20.0},
     "grpo": {"max_new_tokens": 176},
 }
