@@ -197,7 +197,7 @@ def test_no_learning_signal_is_reported_not_trained(tmp_path, make_tiny_checkpoi
     assert result.no_signal
     row = result.rows[-1]
     assert row["no_signal"] and row["format_rate"] == 0.0 and row["mean_reward"] == -3.0
-    assert row["policy_loss"] is None and row["clip_frac"] is None
+    assert row["policy_loss"] is None and row["clip_frac"] is None and row["explained_variance"] is None
     assert math.isfinite(row["adv_mean"]) and math.isfinite(row["adv_skew"])
     before, after = load_file(start / "model.safetensors"), load_file(result.checkpoints[-1] / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)  # no optimiser step was taken

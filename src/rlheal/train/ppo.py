@@ -57,7 +57,8 @@ RL_UPDATES = Table(
         "value_loss": "float",
         "policy_loss": "float",
         "clip_frac": "float",
-        "explained_variance": "float",  # 1 − Var(returns − values) / Var(returns) of the rollout, before the update
+        "explained_variance": "float",  # 1 − Var(returns − values) / Var(returns) of the rollout, before the update;
+        # None when the update had no learning signal (every reward equal: only the KL penalty tells returns apart)
         "kl_coef": "float",  # the KL penalty coefficient this update used
         "entropy": "float",  # mean per-token entropy of the sampled completions
         "adv_mean": "float",  # moments and histogram of the raw (un-normalised) advantages
@@ -494,7 +495,8 @@ def train_ppo(
                 kl=mean_kl, losses=mean_loss,
                 entropy=sum(e for e, _ in token_stats) / max(1, sum(n for _, n in token_stats)),
                 no_signal=no_signal, seconds=time.perf_counter() - began, kl_coef=kl_coef,
-                explained_variance=explained_variance(torch.tensor(all_values), torch.tensor(all_returns)))
+                explained_variance=None if no_signal else explained_variance(torch.tensor(all_values),
+                                                                             torch.tensor(all_returns)))
             rows.append(row)
             stop = config.kl_stop is not None and mean_kl is not None and mean_kl > config.kl_stop
             if config.kl_target is not None and mean_kl is not None:
