@@ -184,7 +184,7 @@ def distributed_evaluate(
     todo = [tuple(c) for c in gather_json(missing)[0]]  # rank 0's view decides
 
     by_name = {t.name: t for t in task_objs}
-    load_backend = load_backend or _rank_device_loader(batch_size, hf_backend_loader)
+    load_backend = load_backend or hf_backend_loader(batch_size)
     played_here: list[dict[str, Any]] = []
     with _progress(show_progress and rank == 0, len(todo)) as advance:
         for folder in dict.fromkeys(c[0] for c in todo):
@@ -222,14 +222,6 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
     with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
         task = bar.add_task("evaluating (rank 0's share)", total=total)
         yield lambda description: bar.update(task, advance=1, description=description)
-
-
-def _rank_device_loader(batch_size: int, hf_backend_loader: Callable[..., LoadBackend]) -> LoadBackend:
-    """The default loader on this process's device: cuda:LOCAL_RANK when CUDA is available, else CPU."""
-    import torch
-
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    return hf_backend_loader(batch_size, device=device)
 
 
 # --------------------------------------------------------------------------------------------------------------

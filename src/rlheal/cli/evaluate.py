@@ -58,12 +58,20 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option(help="tokens per attempt")] = 256,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's); on a busy "
                                                 "machine 1 is often fastest")] = None,
+    backend: Annotated[str, typer.Option(help="engine (the episode engine: KV cache kept across attempts, "
+                                         "continuous batching), hf (Hugging Face generate per round), or openai "
+                                         "(a server speaking /v1/chat/completions: --base-url, --model)")] = "engine",
+    base_url: Annotated[str | None, typer.Option(help="--backend openai: the server's API root, e.g. "
+                                                 "http://localhost:8000/v1")] = None,
+    model: Annotated[str | None, typer.Option(help="--backend openai: the model name the server serves")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Evaluate checkpoints on ID/OOD splits; combinations already in the store are skipped.
 
     Under a launcher (`torchrun`/`accelerate launch`, WORLD_SIZE > 1) the episodes are split across the
-    processes and rank 0 writes the store."""
+    processes and rank 0 writes the store. With `--backend openai` a running server plays the episodes of the
+    one checkpoint folder it serves (the folder names the rows; its weights are not loaded here); `--batch-size`
+    is then the number of requests in flight."""
     import os
 
     from rlheal.distributed import distributed_evaluate
@@ -79,15 +87,46 @@ def eval_command(
     try:
         decoding = Decoding(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         folders = find_checkpoints(list(checkpoints))
+        load_backend = backend_loader(backend, base_url, model, batch_size, folders)
         run_eval = distributed_evaluate if int(os.environ.get("WORLD_SIZE", "1")) > 1 else evaluate
         with Store(store or default_store_folder(checkpoints[0])) as results:
             rows = run_eval(results, folders, _split_list(tasks), _split_list(splits), episodes=episodes,
                             seed=seed, profile=profile, decoding=decoding, batch_size=batch_size,
-                            max_attempts=max_attempts, show_progress=not quiet)
+                            max_attempts=max_attempts, load_backend=load_backend, show_progress=not quiet)
             typer.echo(f"results store: {results.path}", err=True)
     except (CheckpointError, StoreError, RolloutError, EvalConfigError, ValueError) as exc:
         _fail(str(exc))
     _print_table(rows)
+
+
+def backend_loader(backend: str, base_url: str | None, model: str | None, batch_size: int,
+                   folders: list[Path]):
+    """The `load_backend` of `rlheal eval --backend ...`; ValueError (one line) for options that do not fit."""
+    from functools import partial
+
+    from rlheal.engine import BACKENDS
+    from rlheal.evaluate import hf_backend_loader
+
+    if backend not in (*BACKENDS, "openai"):
+        raise ValueError(f"--backend must be one of {', '.join((*BACKENDS, 'openai'))}, got {backend!r}")
+    if backend != "openai":
+        if base_url or model:
+            raise ValueError("--base-url and --model are for --backend openai; a local backend loads each "
+                             "checkpoint folder itself")
+        return hf_backend_loader(batch_size, backend=backend)
+    if not base_url or not model:
+        raise ValueError("--backend openai needs --base-url (e.g. http://localhost:8000/v1) and --model (the name "
+                         "the server serves)")
+    if len(folders) != 1:
+        raise ValueError(f"--backend openai plays the one model the server serves: give its one checkpoint folder "
+                         f"(got {len(folders)} checkpoints)")
+    return partial(_openai_backend, base_url=base_url, model=model, concurrency=batch_size)
+
+
+def _openai_backend(folder: Path, *, base_url: str, model: str, concurrency: int):
+    from rlheal.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(base_url, model, concurrency=concurrency)
 
 
 def results_command(
