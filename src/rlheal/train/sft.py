@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from rlheal.atomic import write_text
 from rlheal.models.checkpoint import (
@@ -49,6 +49,14 @@ LOSSES = Table(
 )
 SFT_DIR = "sft"
 TRAIN_LOG = "train_log.json"
+
+
+def _checkpointing_argument() -> str:
+    """The training argument that switches activation (gradient) checkpointing: transformers renamed it."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 class SFTConfigError(ValueError):
@@ -77,7 +85,18 @@ class SFTConfig(BaseModel):
     loss_eval_seed: int = Field(0, ge=0, description="the eval-set seed whose problems form the loss test sets")
     max_length: int = Field(1024, ge=16)
     bf16: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory for large models, slower; the built-in model trains without it")
     seed: int = 0
+
+    @model_serializer(mode="wrap")
+    def _omit_default_checkpointing(self, handler: Any) -> dict[str, Any]:
+        """Dumps leave `gradient_checkpointing` out while off, so configs without it keep their hashes (runs
+        made when TRL's default had it on hold the same weights: it changes memory and time, not results)."""
+        data = handler(self)
+        if not self.gradient_checkpointing:
+            data.pop("gradient_checkpointing", None)
+        return data
 
     @field_validator("tasks")
     @classmethod
@@ -304,6 +323,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
         completion_only_loss=True,
         packing=False,
         bf16=cfg.bf16,
+        **{_checkpointing_argument(): cfg.gradient_checkpointing},
         optim="adamw_torch",
         report_to="none",
         save_strategy="no",
