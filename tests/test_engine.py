@@ -11,13 +11,7 @@ from rlheal.engine.sampling import choose_tokens, row_keys, top_p_mask
 from rlheal.engine.slots import Slot, common_prefix
 from rlheal.rollout import Decoding, Generation, HFBackend, PlayedEpisode, RolloutError, play
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
 
 # --- slots: what is cached and what is fed ------------------------------------------------------------------
@@ -78,16 +72,9 @@ def test_attention_mask_by_hand():
     assert additive[0, 0, 0].tolist()[:3] == [0.0, 0.0, 0.0] and additive[0, 0, 0, 3] == torch.finfo(torch.float32).min
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_checkpoint):
-    from rlheal.models.checkpoint import load_model
-
-    return load_model(tiny_checkpoint)
-
-
 @pytest.mark.slow
-def test_chunks_fed_into_slots_give_the_logits_of_whole_sequences(tiny):
-    model, tokenizer = tiny
+def test_chunks_fed_into_slots_give_the_logits_of_whole_sequences(tiny_model):
+    model, tokenizer = tiny_model
     engine = EngineBackend(model, tokenizer, batch_size=3)
     cache = engine.slot_cache(3, 64)
     sequences = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
@@ -157,8 +144,8 @@ def same_episodes(a: list[PlayedEpisode], b: list[PlayedEpisode]) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("slots", [1, 3, 16])
-def test_greedy_episodes_equal_hf_generate(tiny, echo_task, slots):
-    model, tokenizer = tiny
+def test_greedy_episodes_equal_hf_generate(tiny_model, echo_task, slots):
+    model, tokenizer = tiny_model
     problems = echo_task.problems("ood", 0, 7)
     decoding = Decoding(max_new_tokens=9)
     engine = play(echo_task, problems, EngineBackend(model, tokenizer, batch_size=slots), decoding=decoding)
@@ -168,8 +155,8 @@ def test_greedy_episodes_equal_hf_generate(tiny, echo_task, slots):
 
 
 @pytest.mark.slow
-def test_sampled_episodes_are_reproducible_and_independent_of_the_slots(tiny, echo_task):
-    model, tokenizer = tiny
+def test_sampled_episodes_are_reproducible_and_independent_of_the_slots(tiny_model, echo_task):
+    model, tokenizer = tiny_model
     problems = echo_task.problems("id", 0, 6)
     state = torch.random.get_rng_state()
     draws = [play(echo_task, problems, EngineBackend(model, tokenizer, batch_size=slots),
@@ -182,10 +169,10 @@ def test_sampled_episodes_are_reproducible_and_independent_of_the_slots(tiny, ec
 
 
 @pytest.mark.slow
-def test_generate_answers_each_chat_as_hf_generate_does(tiny):
+def test_generate_answers_each_chat_as_hf_generate_does(tiny_model):
     from test_rollout import CHATS
 
-    model, tokenizer = tiny
+    model, tokenizer = tiny_model
     engine = EngineBackend(model, tokenizer, batch_size=2).generate(CHATS, max_new_tokens=12, temperature=0, seed=0)
     assert engine == HFBackend(model, tokenizer).generate(CHATS, max_new_tokens=12, temperature=0, seed=0)
     assert EngineBackend(model, tokenizer).fits(CHATS, max_new_tokens=12) == [True] * 4
@@ -277,8 +264,8 @@ def test_play_hands_each_attempt_to_the_task_and_reports_progress(echo_task):
     assert [(pe.stopped, pe.episode.n_attempts) for pe in cramped] == [("context", 1)] * 3
 
 
-def test_the_backend_factory_names_what_it_accepts_and_falls_back_for_unsupported_attention(tiny, caplog):
-    model, tokenizer = tiny
+def test_the_backend_factory_names_what_it_accepts_and_falls_back_for_unsupported_attention(tiny_model, caplog):
+    model, tokenizer = tiny_model
     with pytest.raises(ValueError, match="backend must be one of engine, hf, got 'vllm'"):
         model_backend(model, tokenizer, kind="vllm")
     assert isinstance(model_backend(model, tokenizer), EngineBackend)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from test_ppo import DigitTask, NeverParsesTask, first_token_prob
 
 from rlheal.rollout import Generation
@@ -13,13 +12,7 @@ from rlheal.store import Store
 from rlheal.train.grpo import GRPOConfig, episode_tokens, train_grpo
 from rlheal.train.ppo import RL_UPDATES, ResumeError
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
 
 def test_episode_tokens_mask_the_feedback_turns():

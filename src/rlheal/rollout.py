@@ -278,12 +278,7 @@ class HFBackend:
         self.name = name
         self.context = getattr(model.config, "max_position_embeddings", None)
         self.cache = cache if cache != "auto" else "static" if model.device.type == "cpu" else "dynamic"
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos_ids.add(tokenizer.eos_token_id)
-        self.eos_ids = sorted(eos_ids)
+        self.pad_id, self.eos_ids = pad_and_stop_ids(model, tokenizer)
 
     def encode_prompts(self, batch: Sequence[Messages]) -> list[list[int]]:
         """Token ids of each chat rendered by the chat template, ending with the assistant's opening; text in a
@@ -355,6 +350,17 @@ class HFBackend:
         generated = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         new = generated[:, width:].tolist()
         return [_cut_at_eos(row, self.eos_ids) for row in new]
+
+
+def pad_and_stop_ids(model: Any, tokenizer: Any) -> tuple[int, list[int]]:
+    """(pad id, sorted eos ids) of a local backend: padding is the tokenizer's pad token (else its eos); an
+    attempt ends at any of the model's `generation_config.eos_token_id` or the tokenizer's eos token."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    return pad_id, sorted(eos_ids)
 
 
 def _cut_at_eos(ids: list[int], eos_ids: Sequence[int]) -> list[int]:

@@ -25,7 +25,7 @@ from typing import Any
 from rlheal.chat_tokens import encode_chat
 from rlheal.engine.slots import Slot
 from rlheal.models.hf import kv_shape
-from rlheal.rollout import Decoding, Generation, Messages, Referee, RolloutError
+from rlheal.rollout import Decoding, Generation, Messages, Referee, RolloutError, pad_and_stop_ids
 
 ATTENTIONS = ("sdpa", "eager")  # attention implementations that take the engine's prepared 4-D mask
 WIDTH_STEP = 32  # attention widths are rounded up to this many columns
@@ -58,12 +58,8 @@ class EngineBackend:
                                "full-attention layers only: evaluate with --backend hf")
         self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
         self.context = getattr(config, "max_position_embeddings", None)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos_ids.add(tokenizer.eos_token_id)
-        self.eos_ids = frozenset(eos_ids)
+        self.pad_id, stop_ids = pad_and_stop_ids(model, tokenizer)
+        self.eos_ids = frozenset(stop_ids)
         self.mask_dtype = None if attention == "sdpa" else model.dtype
         self.kv_shape = kv_shape(config)
         parameters = inspect.signature(model.forward).parameters
@@ -157,7 +153,8 @@ class _Run:
     def __init__(self, engine: EngineBackend, prompts: list[list[int]], referee: Referee,
                  decoding: Decoding) -> None:
         self.engine, self.referee, self.decoding = engine, referee, decoding
-        self.waiting = deque(enumerate(prompts))
+        # longest prompts first: longer chats tend to take longer answers, and short ones then fill the tail
+        self.waiting = deque(sorted(enumerate(prompts), key=lambda item: -len(item[1])))
         self.n_used = min(engine.batch_size, len(prompts))
         longest = max(len(p) for p in prompts) + decoding.max_new_tokens
         self.cache = engine.slot_cache(self.n_used, _round_up(longest, CAPACITY_STEP, engine.context))
