@@ -129,8 +129,9 @@ def check_eval(folder: Path, p: dict, device: str) -> dict:
 
 def check_engine(folder: Path, p: dict, device: str) -> dict:
     """Generated tokens/s on the same gp24 paper prompts (greedy, `engine_tokens` new tokens each): plain
-    `model.generate` on left-padded batches, the episode engine, and `HFBackend` at one batch size; and the
-    share of completions where the engine's tokens equal HFBackend's."""
+    `model.generate` on left-padded batches, the episode engine (on a GPU also with CUDA-graph decoding), and
+    `HFBackend` at one batch size; and the shares of completions where the engine's tokens equal HFBackend's
+    and the graphed engine's equal the eager one's."""
     import torch
 
     from rlheal.chat_tokens import encode_chat
@@ -173,6 +174,16 @@ def check_engine(folder: Path, p: dict, device: str) -> dict:
         engine_rate, engine_out = timed_rate(lambda b=batch, e=engine: e.generate(b, max_new_tokens=new,
                                                                                    temperature=0, seed=0))
         row = {"plain_generate_tokens_per_s": plain_rate, "engine_tokens_per_s": engine_rate}
+        if device.startswith("cuda"):  # the same with CUDA-graph decoding (off by default until measured here)
+            graphed = EngineBackend(model, tokenizer, batch_size=batch_size, name="engine", cuda_graphs=True)
+            timed_rate(lambda b=batch, e=graphed: e.generate(b[:2], max_new_tokens=2, temperature=0, seed=0))
+            graphs_rate, graphs_out = timed_rate(lambda b=batch, e=graphed: e.generate(
+                b, max_new_tokens=new, temperature=0, seed=0))
+            row["engine_cuda_graphs_tokens_per_s"] = graphs_rate
+            row["cuda_graphs_on"] = bool(graphed.graphs and graphed.graphs.enabled)
+            row["cuda_graphs_equal_eager"] = round(sum(a.completion_ids == b.completion_ids for a, b in zip(
+                graphs_out, engine_out, strict=True)) / batch_size, 3)
+            del graphed
         if batch_size == p["hf_backend_batch"]:
             hf_rate, hf_out = timed_rate(lambda b=batch, n=batch_size: HFBackend(model, tokenizer, batch_size=n)
                                          .generate(b, max_new_tokens=new, temperature=0, seed=0))

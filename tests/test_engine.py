@@ -277,3 +277,44 @@ def test_the_backend_factory_names_what_it_accepts_and_falls_back_for_unsupporte
         assert "flex_attention attention; the episode engine needs sdpa or eager" in caplog.text
     finally:
         model.config._attn_implementation = implementation
+
+
+# --- CUDA-graph decoding: the static-input path, with an eager stand-in for the capture ------------------------
+@pytest.mark.slow
+def test_decode_graphs_replay_with_each_steps_inputs_and_recapture_when_the_cache_grows(tiny_model, echo_task):
+    from rlheal.engine.graphs import DecodeGraphs
+
+    model, tokenizer = tiny_model
+    captured = []
+
+    def eager_capture(run, feed, cache):
+        captured.append((feed.input_ids.shape[0], feed.width, cache.capacity))
+        return lambda: run(feed, cache)  # replays read the static feed the graph would read
+
+    engine = EngineBackend(model, tokenizer, batch_size=3)
+    engine.graphs = DecodeGraphs(engine.run_feed, capture=eager_capture)
+    problems = echo_task.problems("ood", 0, 7)
+    decoding = Decoding(max_new_tokens=9)
+    graphed = play(echo_task, problems, engine, decoding=decoding)
+    assert same_episodes(graphed, play(echo_task, problems, HFBackend(model, tokenizer), decoding=decoding))
+    assert captured and len(set(captured)) == len(captured)  # one capture per (rows, width, buffers)
+    assert {rows for rows, _, _ in captured} >= {3, 1}  # full, then compacted batches
+    assert len({capacity for _, _, capacity in captured}) > 1  # the cache grew: graphs were captured again
+
+
+def test_a_failed_capture_switches_graphs_off_with_a_warning(tiny_model, echo_task, caplog):
+    from rlheal.engine.graphs import DecodeGraphs
+
+    model, tokenizer = tiny_model
+
+    def failing_capture(run, feed, cache):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    engine = EngineBackend(model, tokenizer, batch_size=2)
+    engine.graphs = DecodeGraphs(engine.run_feed, capture=failing_capture)
+    problems = echo_task.problems("id", 0, 3)
+    with caplog.at_level("WARNING"):
+        played = play(echo_task, problems, engine, decoding=Decoding(max_new_tokens=5))
+    assert not engine.graphs.enabled and "decoding without graphs" in caplog.text
+    assert same_episodes(played, play(echo_task, problems, EngineBackend(model, tokenizer, batch_size=2),
+                                      decoding=Decoding(max_new_tokens=5)))

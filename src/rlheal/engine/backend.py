@@ -38,10 +38,12 @@ class EngineBackend:
     """The episode engine on `model` (a causal LM in eval mode) with its `tokenizer` (which needs a chat
     template). `batch_size`: episodes in flight, one KV slot each. Raises RolloutError for a model the engine cannot
     drive (attention other than sdpa/eager, sliding-window or non-attention layers) or a tokenizer without
-    chat template; `play_episodes`/`generate` raise it when a first prompt plus `max_new_tokens` exceeds the
+    chat template; `cuda_graphs` replays decode passes from CUDA graphs on a GPU (`engine.graphs`; off by
+    default until measured on one); `play_episodes`/`generate` raise it when a first prompt plus `max_new_tokens` exceeds the
     model's context (`max_position_embeddings`)."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64, name: str = "the model") -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64, name: str = "the model",
+                 cuda_graphs: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not getattr(tokenizer, "chat_template", None):
@@ -66,6 +68,11 @@ class EngineBackend:
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self.last_logits_only = "logits_to_keep" in parameters
         self.cache = None
+        self.graphs = None
+        if cuda_graphs and self.model.device.type == "cuda":
+            from rlheal.engine.graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self.run_feed)
 
     # --- the chat-level protocol (rollout.Backend) -----------------------------------------------------------
     def encode_prompts(self, batch: Sequence[Messages]) -> list[list[int]]:
@@ -119,12 +126,21 @@ class EngineBackend:
         self.cache.reserve(capacity)
         return self.cache
 
-    def forward(self, chunks: list, cache: Any) -> Any:
-        """The last position's logits (rows, vocab) of one forward pass over `chunks` (`kv.Chunk`)."""
-        from rlheal.engine.kv import attention_mask, plan_feed
+    def forward(self, chunks: list, cache: Any, *, in_place: bool = False) -> Any:
+        """The last position's logits (rows, vocab) of one forward pass over `chunks` (`kv.Chunk`); an in-place
+        decode pass replays its CUDA graph when graphs are on."""
+        from rlheal.engine.graphs import GRAPH_WIDTH_STEP
+        from rlheal.engine.kv import plan_feed
 
+        graphed = in_place and self.graphs is not None and self.graphs.enabled
         feed = plan_feed(chunks, n_slots=cache.shape[0], capacity=cache.capacity, pad_id=self.pad_id,
-                         device=self.model.device, width_step=WIDTH_STEP)
+                         device=self.model.device, width_step=GRAPH_WIDTH_STEP if graphed else WIDTH_STEP)
+        return self.graphs(feed, cache) if graphed else self.run_feed(feed, cache)
+
+    def run_feed(self, feed: Any, cache: Any) -> Any:
+        """The last position's logits of the model's forward pass over `feed` (`kv.Feed`) with `cache`."""
+        from rlheal.engine.kv import attention_mask
+
         cache.start(feed)
         kwargs = {self.cache_argument: cache, "logits_to_keep": 1} if self.last_logits_only else \
             {self.cache_argument: cache}
@@ -190,7 +206,7 @@ class _Run:
 
         chunk = {i: Chunk(i, len(self.slots[i].cached), self.slots[i].pending) for i in rows}
         chunks = [chunk.get(i, Chunk(i, 0, [])) for i in range(self.n_used)] if in_place else list(chunk.values())
-        logits = self.engine.forward(chunks, self.cache)
+        logits = self.engine.forward(chunks, self.cache, in_place=in_place)
         if in_place:
             logits = logits[torch.tensor(rows, device=logits.device)]
         keys = None
