@@ -127,6 +127,7 @@ def main() -> None:
                                           decoding=decoding)
                             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                             tokens = [g.completion_ids for pe in played for g in pe.generations]
+                            fed = getattr(backend, "fed_tokens", None)
                             results[name] = (summarize([pe.episode for pe in played]),
                                              hashlib.sha256(json.dumps(tokens).encode()).hexdigest()[:16])
                             total = totals.setdefault(name, {"episodes": 0, "wall_s": 0.0, "cpu_s": 0.0})
@@ -139,6 +140,7 @@ def main() -> None:
                                 "cpu_s": round(cpu, 2), "episodes_per_s": round(len(played) / wall, 2),
                                 "new_tokens": sum(len(t) for t in tokens),
                                 "prompt_tokens": sum(len(g.prompt_ids) for pe in played for g in pe.generations),
+                                "engine_fed_tokens": fed,
                                 "success_rate": results[name][0]["success_rate"],
                                 "mean_attempts": results[name][0]["mean_attempts"], "tokens": results[name][1]}),
                                 flush=True)

@@ -155,6 +155,27 @@ def test_greedy_episodes_equal_hf_generate(tiny_model, echo_task, slots):
 
 
 @pytest.mark.slow
+def test_each_token_of_an_episodes_final_chat_is_fed_once(echo_task):
+    """The KV slot is kept across attempts: a revision feeds only what its chat adds (the last sampled token,
+    the end of the turn and the feedback), so the model sees each token of the final chat once, bar the last
+    one sampled; re-encoding every attempt's chat, as `HFBackend` does, feeds more."""
+    from rlheal.models.builtin import DET_RECIPE, shipped_base
+    from rlheal.models.checkpoint import load_model
+    from rlheal.tasks import get_task
+    from rlheal.train.ppo import attempt_rows
+
+    model, tokenizer = load_model(shipped_base(DET_RECIPE))
+    task = get_task("det")
+    engine = EngineBackend(model, tokenizer, batch_size=3)
+    played = play(task, task.problems("ood", 0, 5), engine, max_attempts=3, decoding=Decoding(max_new_tokens=176))
+    assert all(len(attempt_rows(pe.generations)[0]) == 1 for pe in played)  # every chat extends the last
+    final = sum(len(pe.generations[-1].prompt_ids) + len(pe.generations[-1].completion_ids) - 1 for pe in played)
+    assert engine.fed_tokens == final
+    assert sum(len(g.prompt_ids) for pe in played for g in pe.generations) > final
+    assert sum(pe.episode.n_attempts for pe in played) > len(played)
+
+
+@pytest.mark.slow
 def test_sampled_episodes_are_reproducible_and_independent_of_the_slots(tiny_model, echo_task):
     model, tokenizer = tiny_model
     problems = echo_task.problems("id", 0, 6)

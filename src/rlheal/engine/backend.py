@@ -36,11 +36,12 @@ PREFILL_SHARE = 8  # prefill waits until a 1/PREFILL_SHARE of the busy slots nee
 
 class EngineBackend:
     """The episode engine on `model` (a causal LM in eval mode) with its `tokenizer` (which needs a chat
-    template). `batch_size`: episodes in flight, one KV slot each. Raises RolloutError for a model the engine cannot
-    drive (attention other than sdpa/eager, sliding-window or non-attention layers) or a tokenizer without
-    chat template; `cuda_graphs` replays decode passes from CUDA graphs on a GPU (`engine.graphs`; off by
-    default until measured on one); `play_episodes`/`generate` raise it when a first prompt plus `max_new_tokens` exceeds the
-    model's context (`max_position_embeddings`)."""
+    template). `batch_size`: episodes in flight, one KV slot each. `cuda_graphs`: on a GPU, replay the decode
+    passes from CUDA graphs (`engine.graphs`; off by default until measured on one).
+
+    Raises RolloutError for a model the engine cannot drive (attention other than sdpa/eager, sliding-window or
+    non-attention layers) or a tokenizer without chat template; `play_episodes` and `generate` raise it when a
+    first prompt plus `max_new_tokens` exceeds the model's context (`max_position_embeddings`)."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64, name: str = "the model",
                  cuda_graphs: bool = False) -> None:
@@ -68,6 +69,7 @@ class EngineBackend:
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self.last_logits_only = "logits_to_keep" in parameters
         self.cache = None
+        self.fed_tokens = 0  # tokens fed through the model so far (prompts, feedback turns, sampled tokens)
         self.graphs = None
         if cuda_graphs and self.model.device.type == "cuda":
             from rlheal.engine.graphs import DecodeGraphs
@@ -159,8 +161,8 @@ class _Collector:
         self.keep(index, generation)
         return None
 
-    def out_of_context(self, index: int) -> None:  # pragma: no cover - never reached: judge ends every episode
-        raise AssertionError("a single-attempt episode has no next chat")
+    def out_of_context(self, index: int) -> None:
+        """Never called: `judge` ends every episode after its one attempt."""
 
 
 class _Run:
@@ -207,6 +209,7 @@ class _Run:
         chunk = {i: Chunk(i, len(self.slots[i].cached), self.slots[i].pending) for i in rows}
         chunks = [chunk.get(i, Chunk(i, 0, [])) for i in range(self.n_used)] if in_place else list(chunk.values())
         logits = self.engine.forward(chunks, self.cache, in_place=in_place)
+        self.engine.fed_tokens += sum(len(self.slots[i].pending) for i in rows)
         if in_place:
             logits = logits[torch.tensor(rows, device=logits.device)]
         keys = None

@@ -138,7 +138,5 @@ class SlotCache(Cache):
                 buffer.index_copy_(0, dst, buffer.index_select(0, src))
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0  # positions are always passed explicitly
-
-    def get_mask_sizes(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
-        return (self.feed.width if self.feed else 0), 0
+        """0: the engine passes every token's position itself, so models never derive positions from this."""
+        return 0
