@@ -28,7 +28,6 @@ from rlheal.models.hf import kv_shape
 from rlheal.rollout import Decoding, Generation, Messages, Referee, RolloutError, pad_and_stop_ids
 
 ATTENTIONS = ("sdpa", "eager")  # attention implementations that take the engine's prepared 4-D mask
-WIDTH_STEP = 32  # attention widths are rounded up to this many columns
 CAPACITY_STEP = 64  # slot capacity grows in steps of this many columns
 PREFILL_TOKENS = 16384  # rows x longest chunk per prefill forward pass
 PREFILL_SHARE = 8  # prefill waits until a 1/PREFILL_SHARE of the busy slots need it (or none decodes)
@@ -136,7 +135,7 @@ class EngineBackend:
 
         graphed = in_place and self.graphs is not None and self.graphs.enabled
         feed = plan_feed(chunks, n_slots=cache.shape[0], capacity=cache.capacity, pad_id=self.pad_id,
-                         device=self.model.device, width_step=GRAPH_WIDTH_STEP if graphed else WIDTH_STEP)
+                         device=self.model.device, width_step=GRAPH_WIDTH_STEP if graphed else 1)
         return self.graphs(feed, cache) if graphed else self.run_feed(feed, cache)
 
     def run_feed(self, feed: Any, cache: Any) -> Any:
