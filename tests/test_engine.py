@@ -323,6 +323,7 @@ def test_decode_graphs_replay_with_each_steps_inputs_and_recapture_when_the_cach
     assert len({capacity for _, _, capacity in captured}) > 1  # the cache grew: graphs were captured again
 
 
+@pytest.mark.slow
 def test_a_failed_capture_switches_graphs_off_with_a_warning(tiny_model, echo_task, caplog):
     from rlheal.engine.graphs import DecodeGraphs
 
