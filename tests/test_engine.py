@@ -126,6 +126,16 @@ def test_sampling_draws_from_the_softmax_of_the_nucleus():
     assert set(nucleus.tolist()) == {0, 1}  # 0.56 alone is not above 0.6; with 0.21 it is
 
 
+def test_noise_hashed_a_few_rows_at_a_time_gives_the_same_draws(monkeypatch):
+    import rlheal.engine.sampling as sampling
+
+    logits = torch.randn(7, 40, generator=torch.Generator().manual_seed(2))
+    keys = row_keys(9, torch.arange(7), torch.zeros(7, dtype=torch.int64), torch.arange(7))
+    whole = choose_tokens(logits, temperature=0.8, top_p=0.9, keys=keys)
+    monkeypatch.setattr(sampling, "NOISE_ELEMENTS", 100)  # two rows of 40 tokens at a time
+    assert torch.equal(choose_tokens(logits, temperature=0.8, top_p=0.9, keys=keys), whole)
+
+
 def test_a_draw_depends_on_its_key_only():
     logits = torch.randn(6, 30, generator=torch.Generator().manual_seed(1))
     keys = row_keys(3, torch.arange(6), torch.tensor([0, 1, 0, 1, 0, 1]), torch.arange(6))

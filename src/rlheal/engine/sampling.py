@@ -14,6 +14,7 @@ import torch
 _MASK32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B  # the multiplier of a well-mixing 32-bit integer hash (x ^= x >> 16; x *= M; twice)
 _GOLDEN = 0x9E3779B1  # 2**32 / golden ratio: spreads consecutive integers before hashing
+NOISE_ELEMENTS = 1 << 24  # rows x vocab hashed at a time (bounds the int64 temporaries: 128 MiB each)
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
@@ -63,5 +64,9 @@ def choose_tokens(logits: torch.Tensor, *, temperature: float, top_p: float = 1.
         raise ValueError("sampling needs one key per row (row_keys)")
     scores = logits.float() / temperature
     scores = scores.masked_fill(~top_p_mask(scores, top_p), float("-inf"))
-    gumbel = -torch.log(-torch.log(uniform_noise(keys, scores.shape[-1])))
-    return (scores + gumbel).argmax(dim=-1)
+    step = max(1, NOISE_ELEMENTS // scores.shape[-1])
+    tokens = []
+    for start in range(0, len(scores), step):
+        noise = uniform_noise(keys[start:start + step], scores.shape[-1])
+        tokens.append((scores[start:start + step] - torch.log(-torch.log(noise))).argmax(dim=-1))
+    return torch.cat(tokens)
