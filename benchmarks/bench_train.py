@@ -1,7 +1,7 @@
 """Benchmarks of the built-in model and SFT on this machine (results go to docs/BENCHMARKS.md).
 
     python benchmarks/bench_train.py pretrain          # build the default base in a fresh cache: wall time
-    python benchmarks/bench_train.py sft --steps 20    # SFT tokens/s on the cached built-in base
+    python benchmarks/bench_train.py sft --steps 20 [--gradient-checkpointing]  # SFT tokens/s on the built-in base
     python benchmarks/bench_train.py probe --n 100     # what the base can do, in its own answer format
     python benchmarks/bench_train.py failures --model RUN/sft/step-002000 --n 100 [--task gp24-low]  # why they fail
     python benchmarks/bench_train.py failures --model CKPT --n 300 --id-max-rank 9  # ID: hands without a 10 only
@@ -51,7 +51,8 @@ def bench_sft(args) -> dict:
     from rlheal.tasks import get_task
     from rlheal.train.sft import SFTConfig, answer_token_batch, resolve_model, run_sft, sft_examples
 
-    cfg = SFTConfig(steps=args.steps, schedule=[args.steps], loss_eval_n=8, n_train=args.steps * 16)
+    cfg = SFTConfig(steps=args.steps, schedule=[args.steps], loss_eval_n=8, n_train=args.steps * 16,
+                    gradient_checkpointing=args.gradient_checkpointing)
     _, tokenizer = load_model(resolve_model(cfg.model, progress=not args.quiet))
     examples = sft_examples([get_task(t) for t in cfg.tasks], cfg.n_train, cfg.train_seed)
     pairs = [(e["prompt"][0]["content"], e["completion"][0]["content"]) for e in examples]
@@ -62,6 +63,7 @@ def bench_sft(args) -> dict:
     log = json.loads((out / "sft" / "train_log.json").read_text())
     tokens = cfg.steps * cfg.batch_size * mean_tokens
     return {"steps": cfg.steps, "batch_size": cfg.batch_size, "mean_tokens_per_example": round(mean_tokens, 1),
+            "gradient_checkpointing": cfg.gradient_checkpointing,
             "wall_s_incl_2_loss_evals_and_1_save": log["wall_s"], "tokens_per_s": round(tokens / log["wall_s"])}
 
 
@@ -228,6 +230,7 @@ def main() -> None:
     parser.add_argument("--id-max-rank", type=int, default=13,
                         help="failures: ID hands from cards A..this rank (9: the hands without a card worth 10)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="sft: recompute activations")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     import torch

@@ -1,12 +1,16 @@
-"""GPU check of the real-model path: eval episodes/s, SFT and PPO tokens/s in bf16 on a randomly initialised
-Qwen2.5-0.5B-shaped model with a locally built ChatML tokenizer, and the spectral diagnostic on 7B-shaped
-matrices. Nothing is downloaded. Prints a table; `--out FILE.json` keeps the numbers with the card's name.
+"""GPU check of the real-model path: eval episodes/s, generated tokens/s of the episode engine against plain
+Hugging Face `generate` (and `HFBackend`) at batch 64 and 512, SFT and PPO tokens/s in bf16 on a randomly
+initialised Qwen2.5-0.5B-shaped model with a locally built ChatML tokenizer, and the spectral diagnostic on
+7B-shaped matrices. Nothing is downloaded. Prints a table; `--out FILE.json` keeps the numbers with the card's
+name.
 
     python benchmarks/gpu_check.py --out docs/gpu_results.json   # on a GPU (about 3-5 minutes on an H100)
     python benchmarks/gpu_check.py --smoke                         # tiny shapes on CPU: a correctness run
 
 A random model never solves a problem and rarely emits its end-of-turn token, so every attempt runs to
-max_new_tokens: the worst case. SFT tokens are the tokens TRL counts (`num_tokens`); PPO completion tokens
+max_new_tokens: the worst case. The tokenizer gives every filler token one character of its own, so a
+completion's text re-tokenises to as many tokens as were generated and a revision prompt grows by the
+completion's length, as with a real model (multi-character filler names made round-2 prompts 8x longer). SFT tokens are the tokens TRL counts (`num_tokens`); PPO completion tokens
 are an upper bound (attempts x max_new_tokens). PPO runs with Accelerate bf16 autocast on fp32 weights (as
 `rlheal rl` does); eval and SFT hold bf16 weights. GPU spans are timed between torch.cuda.synchronize calls.
 """
@@ -33,21 +37,34 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_
             intermediate_size=64, vocab_size=512, max_position_embeddings=4096)
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-FULL = dict(eval_episodes=64, eval_attempts=2, eval_tokens=256, sft_steps=20, sft_batch=8, ppo_episodes=16,
-            ppo_attempts=2, ppo_tokens=128, ppo_updates=2, spectral_layers=4, spectral_scale=1)
-SMOKE = dict(eval_episodes=2, eval_attempts=2, eval_tokens=4, sft_steps=2, sft_batch=2, ppo_episodes=2,
-             ppo_attempts=2, ppo_tokens=4, ppo_updates=1, spectral_layers=1, spectral_scale=64)
+FULL = dict(eval_episodes=64, eval_attempts=2, eval_tokens=256, engine_batches=(64, 512), engine_tokens=256,
+            hf_backend_batch=64, sft_steps=20, sft_batch=8, ppo_episodes=16, ppo_attempts=2, ppo_tokens=128,
+            ppo_updates=2, spectral_layers=4, spectral_scale=1)
+SMOKE = dict(eval_episodes=2, eval_attempts=2, eval_tokens=4, engine_batches=(2, 4), engine_tokens=4,
+             hf_backend_batch=2, sft_steps=2, sft_batch=2, ppo_episodes=2, ppo_attempts=2, ppo_tokens=4,
+             ppo_updates=1, spectral_layers=1, spectral_scale=64)
+
+
+def filler_characters(n: int) -> list[str]:
+    """`n` distinct single characters outside printable ASCII (no whitespace, surrogates or the private-use
+    characters `chat_tokens` uses as stand-ins): one filler token each."""
+    out, code = [], 0x100
+    while len(out) < n:
+        if not 0xD800 <= code <= 0xF8FF and not chr(code).isspace():
+            out.append(chr(code))
+        code += 1
+    return out
 
 
 def chatml_tokenizer(vocab_size: int):
-    """A character-level ChatML tokenizer whose vocabulary is padded with filler tokens to `vocab_size`, so
-    every id a random model emits decodes."""
+    """A character-level ChatML tokenizer whose vocabulary is padded to `vocab_size` with one-character filler
+    tokens, so every id a random model emits decodes to text that re-tokenises to the same ids."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tokens = specials + sorted(set(string.printable))
-    tokens += [f"<extra_{i}>" for i in range(vocab_size - len(tokens))]
+    tokens += filler_characters(vocab_size - len(tokens))
     core = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(tokens)}, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
@@ -102,9 +119,82 @@ def check_eval(folder: Path, p: dict, device: str) -> dict:
     with timed(device, t, "s"):
         played = play(task, problems, backend, max_attempts=p["eval_attempts"], decoding=decoding)
     generated = sum(len(g.completion_ids) for pe in played for g in pe.generations)
+    by_attempt = [[len(pe.generations[a].prompt_ids) for pe in played if len(pe.generations) > a]
+                  for a in range(p["eval_attempts"])]
     return {"episodes": len(played), "batch_size": backend.batch_size, **describe(backend.model),
             "seconds": round(t["s"], 3), "episodes_per_s": round(len(played) / t["s"], 3),
-            "generated_tokens_per_s": round(generated / t["s"], 1)}
+            "generated_tokens_per_s": round(generated / t["s"], 1),
+            "mean_prompt_tokens_by_attempt": [round(sum(x) / len(x), 1) for x in by_attempt if x]}
+
+
+def check_engine(folder: Path, p: dict, device: str) -> dict:
+    """Generated tokens/s on the same gp24 paper prompts (greedy, `engine_tokens` new tokens each): plain
+    `model.generate` on left-padded batches, the episode engine (on a GPU also with CUDA-graph decoding), and
+    `HFBackend` at one batch size; and the shares of completions where the engine's tokens equal HFBackend's
+    and the graphed engine's equal the eager one's."""
+    import torch
+
+    from rlheal.chat_tokens import encode_chat
+    from rlheal.engine import EngineBackend
+    from rlheal.evaluate import eval_problems
+    from rlheal.models.hf import load_for_inference
+    from rlheal.rollout import HFBackend
+    from rlheal.tasks import get_task
+
+    model, tokenizer = load_for_inference(folder, device=device)
+    task = get_task("gp24", profile="paper")
+    n = max(p["engine_batches"])
+    chats = [[{"role": "user", "content": task.prompt(q)}] for q in eval_problems(task, "ood", seed=0, episodes=n)]
+    new = p["engine_tokens"]
+    report: dict = {"new_tokens": new, "prompt_tokens": len(encode_chat(tokenizer, chats[0]))}
+
+    def plain(batch: list) -> int:
+        prompts = [encode_chat(tokenizer, c) for c in batch]
+        width = max(len(x) for x in prompts)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in prompts], device=model.device)
+        mask = (torch.arange(width, device=model.device)[None] >= torch.tensor(
+            [width - len(x) for x in prompts], device=model.device)[:, None]).long()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return int(out[:, width:].numel())
+
+    def timed_rate(run) -> tuple[float, object]:
+        t: dict = {}
+        with timed(device, t, "s"):
+            result = run()
+        tokens = result if isinstance(result, int) else sum(len(g.completion_ids) for g in result)
+        return round(tokens / t["s"], 1), result
+
+    for batch_size in p["engine_batches"]:
+        batch = chats[:batch_size]
+        engine = EngineBackend(model, tokenizer, batch_size=batch_size, name="engine")
+        timed_rate(lambda b=batch, e=engine: e.generate(b[:2], max_new_tokens=2, temperature=0, seed=0))  # warm-up
+        plain_rate, _ = timed_rate(lambda b=batch: plain(b))
+        engine_rate, engine_out = timed_rate(lambda b=batch, e=engine: e.generate(b, max_new_tokens=new,
+                                                                                   temperature=0, seed=0))
+        row = {"plain_generate_tokens_per_s": plain_rate, "engine_tokens_per_s": engine_rate}
+        if device.startswith("cuda"):  # the same with CUDA-graph decoding (off by default until measured here)
+            graphed = EngineBackend(model, tokenizer, batch_size=batch_size, name="engine", cuda_graphs=True)
+            timed_rate(lambda b=batch, e=graphed: e.generate(b[:2], max_new_tokens=2, temperature=0, seed=0))
+            graphs_rate, graphs_out = timed_rate(lambda b=batch, e=graphed: e.generate(
+                b, max_new_tokens=new, temperature=0, seed=0))
+            row["engine_cuda_graphs_tokens_per_s"] = graphs_rate
+            row["cuda_graphs_on"] = bool(graphed.graphs and graphed.graphs.enabled)
+            row["cuda_graphs_equal_eager"] = round(sum(a.completion_ids == b.completion_ids for a, b in zip(
+                graphs_out, engine_out, strict=True)) / batch_size, 3)
+            del graphed
+        if batch_size == p["hf_backend_batch"]:
+            hf_rate, hf_out = timed_rate(lambda b=batch, n=batch_size: HFBackend(model, tokenizer, batch_size=n)
+                                         .generate(b, max_new_tokens=new, temperature=0, seed=0))
+            row["hf_backend_tokens_per_s"] = hf_rate
+            row["engine_equals_hf_backend"] = round(sum(
+                a.completion_ids == b.completion_ids for a, b in zip(engine_out, hf_out, strict=True)) / batch_size, 3)
+        report[f"batch_{batch_size}"] = row
+        del engine
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return report
 
 
 def check_sft(folder: Path, p: dict, device: str, out: Path) -> dict:
@@ -182,7 +272,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and counts (CPU, seconds)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cuda, cpu")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: eval,sft,ppo,spectral")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: eval,engine,sft,ppo,spectral")
     args = parser.parse_args()
 
     import torch
@@ -201,7 +291,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = build_model(tmp / "model", shape, torch.bfloat16 if device.startswith("cuda") else torch.float32)
-        parts = {"eval": lambda: check_eval(folder, p, device), "sft": lambda: check_sft(folder, p, device, tmp),
+        parts = {"eval": lambda: check_eval(folder, p, device), "engine": lambda: check_engine(folder, p, device),
+                 "sft": lambda: check_sft(folder, p, device, tmp),
                  "ppo": lambda: check_ppo(folder, p, device, tmp), "spectral": lambda: check_spectral(p, device)}
         for name, run in parts.items():
             if name not in skip:
@@ -215,6 +306,9 @@ def main() -> None:
                       ("spectral", "seconds_per_checkpoint_28_layers")):
         if name in report:
             table.add_row(name, key, str(report[name][key]))
+    for batch, rates in ((k, v) for k, v in report.get("engine", {}).items() if k.startswith("batch_")):
+        for key, value in rates.items():
+            table.add_row("engine", f"{batch} {key}", str(value))
     Console().print(table)
     if args.out:
         write_text(args.out, json.dumps(report, indent=1))

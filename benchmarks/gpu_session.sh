@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything GPU-related in one device call (docs/BENCHMARKS.md, "GPU"): versions, the real-model check
-# (gpu_check.py: eval, SFT, PPO on a Qwen2.5-0.5B-shaped model), the spectral timing of a whole 7B-shaped
+# (gpu_check.py: eval, the episode engine's tokens/s against plain HF generate at batch 64 and 512, SFT, PPO on
+# a Qwen2.5-0.5B-shaped model), the spectral timing of a whole 7B-shaped
 # checkpoint (gpu_spectral.py: ~5 min, ~40 GB of temporary files in $TMPDIR), then built-in studies run side
 # by side on the one GPU until the deadline. Each part has
 # its own time limit and a failing part does not stop the next. Results go to $OUT (default /tmp/gpu-session):
@@ -59,7 +60,7 @@ fi
 STUDIES=${GPU_SESSION_STUDIES:-$DEFAULT_STUDIES}
 
 echo "== gpu_check ($(left) s left)"
-timeout 150 $PY benchmarks/gpu_check.py $CHECK_ARGS --skip spectral --out "$OUT/gpu_check.json" 2>&1 \
+timeout 300 $PY benchmarks/gpu_check.py $CHECK_ARGS --skip spectral --out "$OUT/gpu_check.json" 2>&1 \
   | tee "$OUT/gpu_check.log" | grep -v "it/s\]$" | tail -40
 echo "== gpu_spectral ($(left) s left)"
 timeout "${GPU_SESSION_SPECTRAL_TIMEOUT:-300}" $PY benchmarks/gpu_spectral.py $SPECTRAL_ARGS 2>&1 \

@@ -9,7 +9,9 @@ Nothing is downloaded. For reuse by every room:
   randomly initialised `LlamaForCausalLM` (hidden 32, 2 layers by default; any `LlamaConfig` field can be
   overridden, e.g. `max_position_embeddings=64`) plus the tokenizer and an rlheal manifest with
   `models/checkpoint.py: save_model`. Same `seed` -> same weights.
-- `tiny_checkpoint`: one such checkpoint (stage "sft", step 0) built once per session; treat it as read-only.
+- `tiny_checkpoint`: one such checkpoint (stage "sft", step 0) built once per session; treat it as read-only;
+  `tiny_model`: its (model, tokenizer), loaded once per test module.
+- `one_torch_thread`: torch on one thread for the test (tiny models run fastest so on a shared machine).
 - `EchoTask` (fixture `echo_task`): a minimal `Task` for engine tests: "Repeat the number N." is answered by
   the digits of N (ID: N < 1000, OOD: N >= 1000); digits that differ are a wrong value (reward -1), any
   other text is a format error (reward -3); 3 attempts.
@@ -124,3 +126,22 @@ def make_tiny_checkpoint_fixture():
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny Llama checkpoint folder shared by the session: do not modify it."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "sft-0")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+    """(model, tokenizer) of `tiny_checkpoint`, loaded once per test module: do not modify it."""
+    from rlheal.models.checkpoint import load_model
+
+    return load_model(tiny_checkpoint)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread during the test; its thread count is restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

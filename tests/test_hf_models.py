@@ -149,6 +149,21 @@ def test_evaluation_through_hf_loader_equals_the_default_loader(tmp_path, tiny_c
     assert 1 <= auto.batch_size <= 256
 
 
+def test_gpu_check_filler_tokens_decode_to_text_that_retokenises_to_them():
+    import random
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from gpu_check import chatml_tokenizer
+
+    tokenizer = chatml_tokenizer(5000)
+    assert len(tokenizer) == 5000
+    ids = random.Random(0).sample(range(len(tokenizer.all_special_ids), 5000), 300)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    assert len(text) == 300 and tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+
+
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_every_part_on_cpu(tmp_path):
     import json
@@ -165,6 +180,10 @@ def test_gpu_check_smoke_runs_every_part_on_cpu(tmp_path):
     assert report["smoke"] and report["device"] == "cpu"
     assert report["eval"]["episodes"] == 2 and report["eval"]["episodes_per_s"] > 0
     assert report["eval"]["dtype"] == "float32" and report["eval"]["attention"] == "sdpa"
+    first, second = report["eval"]["mean_prompt_tokens_by_attempt"]  # a revision prompt grows by the completion
+    assert first + 4 < second < first + 4 + 100  # (4 tokens) and its feedback turn
+    engine = report["engine"]
+    assert engine["batch_2"]["engine_equals_hf_backend"] == 1.0 and engine["batch_4"]["engine_tokens_per_s"] > 0
     assert report["sft"]["tokens"] > 0 and report["ppo"]["steps"] == 4  # 2 episodes x 2 attempts, never solved
     assert report["spectral"]["seconds_per_layer"] > 0
     assert "rlheal GPU check" in done.stdout

@@ -12,16 +12,19 @@ import rlheal.rollout
 from rlheal.rollout import Decoding, Generation, PlayedEpisode, play
 from rlheal.store import Store
 from rlheal.tasks.base import CORRECT, UNPARSEABLE, WRONG_VALUE, Problem, Task, Verdict
-from rlheal.train.ppo import RL_UPDATES, PPOConfig, ResumeError, flatten_episodes, rl_checkpoints, train_ppo
+from rlheal.train.ppo import (
+    RL_UPDATES,
+    PPOConfig,
+    ResumeError,
+    attempt_rows,
+    episode_chunks,
+    flatten_episodes,
+    rl_checkpoints,
+    score_steps,
+    train_ppo,
+)
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
 
 class DigitTask(Task):
@@ -125,11 +128,77 @@ def test_flatten_episodes_marks_each_episode_end(echo_task):
     assert (steps.n_episodes, steps.n_solved) == (2, 0)
 
 
+def test_attempts_share_a_row_while_each_chat_begins_with_the_last():
+    attempts = [Generation("a", [1, 2], [3, 4]), Generation("b", [1, 2, 3, 4, 5], [6]),
+                Generation("c", [1, 2, 9], [7]), Generation("d", [1, 2, 9, 7, 8], [2])]
+    rows, row_of = attempt_rows(attempts)
+    assert rows == [[1, 2, 3, 4, 5, 6], [1, 2, 9, 7, 8, 2]]  # attempt 3's chat was re-tokenised: a new row
+    assert row_of == [0, 0, 1, 1]
+
+
+def test_flattened_steps_point_into_their_rows(echo_task):
+    played = []
+    for index, texts in enumerate([["x", "1"], ["2"]]):
+        episode = echo_task.new_episode(echo_task.problem("id", 0, index), max_attempts=2)
+        pe = PlayedEpisode(episode)
+        chat = [10 + index]
+        for text in texts:
+            echo_task.step(episode, text)
+            pe.generations.append(Generation(text, prompt_ids=list(chat), completion_ids=[ord(text)]))
+            chat += [ord(text), 0]
+        played.append(pe)
+    steps = flatten_episodes(played)
+    assert steps.rows == [[10, ord("x"), 0, ord("1")], [11, ord("2")]]
+    assert (steps.row, steps.prompt_lens, steps.completion_lens, steps.episode) == ([0, 0, 1], [1, 3, 1], [1, 1, 1],
+                                                                                  [0, 0, 1])
+    assert steps.of_episodes([1]) == [2] and episode_chunks(steps, 2) == [[0], [1]]
+    assert episode_chunks(steps, 3) == [[0, 1]]
+
+
 def test_flatten_episodes_needs_token_ids(echo_task):
     episode = echo_task.new_episode(echo_task.problem("id", 0, 0), max_attempts=1)
     echo_task.step(episode, "1")
     with pytest.raises(ValueError, match="no token ids"):
         flatten_episodes([PlayedEpisode(episode, [Generation("1")])])
+
+
+@pytest.mark.slow
+def test_one_pass_scoring_equals_scoring_each_attempt_alone(tmp_path, make_tiny_checkpoint, echo_task):
+    """Fixed episodes of three attempts: one forward pass over each episode's final chat gives the log-probs,
+    values and advantages that a separate pass over each attempt's own prompt and completion gives."""
+    from rlheal.engine import EngineBackend
+    from rlheal.models.checkpoint import load_model
+    from rlheal.train.ppo import _actor_critic_class
+    from rlheal.train.rl_math import turn_gae
+    from rlheal.train.value_head import ValueHead
+
+    model, tokenizer = load_model(make_tiny_checkpoint(tmp_path / "c", seed=3))
+    played = play(echo_task, echo_task.problems("ood", 0, 5), EngineBackend(model, tokenizer, batch_size=2),
+                  decoding=Decoding(temperature=1.0, max_new_tokens=6, seed=1))
+    steps = flatten_episodes(played)
+    assert len(steps.rows) < len(steps)  # attempts share rows (a sampled special token, dropped from the text, splits one)
+    torch.manual_seed(0)
+    head = ValueHead(model.config.hidden_size)
+    torch.nn.init.normal_(head.mlp[-1].weight)  # values that differ from position to position
+    actor_critic = _actor_critic_class()(model, head).eval()
+    temperature = 0.7
+    with torch.no_grad():
+        logp, values, *_ = score_steps(actor_critic, steps, list(range(len(steps))), 0, temperature, "cpu")
+        alone_logp, alone_values = [], []
+        for pe in played:
+            for g in pe.generations:
+                ids = torch.tensor([g.prompt_ids + g.completion_ids])
+                out = model(input_ids=ids, output_hidden_states=True)
+                log_probs = torch.log_softmax(out.logits[0].float() / temperature, -1)
+                n = len(g.prompt_ids)
+                alone_logp.append(sum(float(log_probs[n - 1 + i, t]) for i, t in enumerate(g.completion_ids)))
+                alone_values.append(float(head(out.hidden_states[-1][0, n - 1])))
+    torch.testing.assert_close(logp, torch.tensor(alone_logp), atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, torch.tensor(alone_values), atol=1e-5, rtol=0)
+    rewards, dones = torch.tensor(steps.rewards), torch.tensor(steps.dones)
+    ours = turn_gae(rewards, values, dones, 0.9, 0.95)[0]
+    theirs = turn_gae(rewards, torch.tensor(alone_values), dones, 0.9, 0.95)[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

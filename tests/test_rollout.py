@@ -161,16 +161,9 @@ CHATS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_checkpoint):
-    from rlheal.models.checkpoint import load_model
-
-    return load_model(tiny_checkpoint)
-
-
 @pytest.mark.slow
-def test_batched_greedy_equals_one_by_one(tiny):
-    model, tokenizer = tiny
+def test_batched_greedy_equals_one_by_one(tiny_model):
+    model, tokenizer = tiny_model
     batched = HFBackend(model, tokenizer, batch_size=3).generate(CHATS, max_new_tokens=12, temperature=0, seed=0)
     single = HFBackend(model, tokenizer, batch_size=1)
     alone = [single.generate([chat], max_new_tokens=12, temperature=0, seed=0)[0] for chat in CHATS]
@@ -185,25 +178,25 @@ def test_batched_greedy_equals_one_by_one(tiny):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_static_and_dynamic_kv_caches_give_the_same_tokens(tiny, temperature):
-    model, tokenizer = tiny
+def test_static_and_dynamic_kv_caches_give_the_same_tokens(tiny_model, temperature):
+    model, tokenizer = tiny_model
     draws = {cache: HFBackend(model, tokenizer, batch_size=3, cache=cache).generate(
         CHATS, max_new_tokens=12, temperature=temperature, seed=3) for cache in ("static", "dynamic")}
     assert draws["static"] == draws["dynamic"]
     assert HFBackend(model, tokenizer).cache == "static"  # the model is on the CPU
 
 
-def test_an_unknown_cache_layout_is_a_clear_error(tiny):
-    model, tokenizer = tiny
+def test_an_unknown_cache_layout_is_a_clear_error(tiny_model):
+    model, tokenizer = tiny_model
     with pytest.raises(ValueError, match="cache must be one of auto, static, dynamic, got 'paged'"):
         HFBackend(model, tokenizer, cache="paged")
 
 
 @pytest.mark.slow
-def test_sampling_is_reproducible_by_seed_and_leaves_the_global_rng_alone(tiny):
+def test_sampling_is_reproducible_by_seed_and_leaves_the_global_rng_alone(tiny_model):
     import torch
 
-    model, tokenizer = tiny
+    model, tokenizer = tiny_model
     backend = HFBackend(model, tokenizer, batch_size=2)
     state = torch.random.get_rng_state()
     draws = [backend.generate(CHATS, max_new_tokens=16, temperature=1.0, seed=s, top_p=0.9) for s in (5, 5, 6)]

@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from rlheal.models.checkpoint import load_model, read_manifest
 from rlheal.models.tokenizer import char_tokenizer
@@ -165,3 +166,28 @@ def test_quick_config_is_valid():
 
     cfg = load_sft_config(Path(__file__).parents[1] / "configs" / "sft-quick.yaml")
     assert cfg.model == "builtin:det" and cfg.checkpoint_steps()[:3] == [0, 2, 3] and cfg.checkpoint_steps()[-1] == 300
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_is_off_by_default_and_changes_no_weight(make_tiny_checkpoint, tmp_path, monkeypatch):
+    import trl
+    from safetensors.torch import load_file
+
+    used = []
+
+    class Recording(trl.SFTTrainer):
+        def train(self, *args, **kwargs):
+            used.append(self.args.gradient_checkpointing)
+            return super().train(*args, **kwargs)
+
+    monkeypatch.setattr(trl, "SFTTrainer", Recording)
+    start = make_tiny_checkpoint(tmp_path / "start", stage="base")
+    weights = []
+    for on in (False, True):
+        out = tmp_path / f"run-{on}"
+        with Store(out) as store:
+            run_sft(tiny_config(start, schedule=[0, 6], gradient_checkpointing=on), out, store, progress=False)
+        weights.append(load_file(step_folder(out, 6) / "model.safetensors"))
+    assert used == [False, True]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert "gradient_checkpointing" not in tiny_config(start).model_dump()  # configs without it keep their hash

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -184,7 +184,7 @@ def distributed_evaluate(
     todo = [tuple(c) for c in gather_json(missing)[0]]  # rank 0's view decides
 
     by_name = {t.name: t for t in task_objs}
-    load_backend = load_backend or _rank_device_loader(batch_size, hf_backend_loader)
+    load_backend = load_backend or hf_backend_loader(batch_size)
     played_here: list[dict[str, Any]] = []
     with bar("evaluating (rank 0's share)", total=len(todo), enabled=show_progress and rank == 0) as shown:
         for folder in dict.fromkeys(c[0] for c in todo):
@@ -212,12 +212,6 @@ def distributed_evaluate(
     return gather_json(rows)[0]
 
 
-def _rank_device_loader(batch_size: int, hf_backend_loader: Callable[..., LoadBackend]) -> LoadBackend:
-    """The default loader on this process's device: cuda:LOCAL_RANK when CUDA is available, else CPU."""
-    import torch
-
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    return hf_backend_loader(batch_size, device=device)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from rlheal.models.checkpoint import Manifest, check_checkpoint, read_manifest
 from rlheal.progress import bar
 from rlheal.provenance import environment
-from rlheal.rollout import Backend, Decoding, HFBackend, PlayedEpisode, play
+from rlheal.rollout import Backend, Decoding, EpisodeBackend, PlayedEpisode, play
 from rlheal.samples import SampleLog
 from rlheal.stats import wilson_interval
 from rlheal.store import Store, Table
@@ -67,7 +67,7 @@ EVAL_EPISODES = Table(
     key=("checkpoint", "task", "split", "eval_set", "position"),
 )
 
-LoadBackend = Callable[[Path], Backend]
+LoadBackend = Callable[[Path], Backend | EpisodeBackend]
 
 
 class EvalConfigError(ValueError):
@@ -161,22 +161,22 @@ def eval_row(folder: Path, manifest: Manifest, task: str, split: str, eval_set: 
     }
 
 
-def hf_backend_loader(batch_size: int = 16, device: str | None = None) -> LoadBackend:
-    """A `LoadBackend` that loads a checkpoint folder with `load_model` into an `HFBackend`.
+def hf_backend_loader(batch_size: int = 16, device: str | None = None, backend: str = "engine") -> LoadBackend:
+    """A `LoadBackend` that loads a checkpoint folder with `load_model` into a rollout backend
+    (`rlheal.engine.model_backend`: the episode engine with `batch_size` slots, or "hf": `HFBackend`).
 
-    `device` None picks CUDA when available, else CPU.
+    `device` None picks this process's GPU when CUDA is available (cuda:LOCAL_RANK under a launcher), else CPU.
     """
-    return partial(_load_hf_backend, batch_size=batch_size, device=device)
+    return partial(_load_hf_backend, batch_size=batch_size, device=device, backend=backend)
 
 
-def _load_hf_backend(folder: Path, *, batch_size: int, device: str | None) -> Backend:
-    import torch
-
+def _load_hf_backend(folder: Path, *, batch_size: int, device: str | None, backend: str) -> Backend | EpisodeBackend:
+    from rlheal.engine import model_backend
     from rlheal.models.checkpoint import load_model
+    from rlheal.models.hf import resolve_device
 
-    device = device or ("cuda" if torch.cuda.is_available() else None)
-    model, tokenizer = load_model(folder, device=device)
-    return HFBackend(model, tokenizer, batch_size=batch_size, name=str(folder))
+    model, tokenizer = load_model(folder, device=device or resolve_device("auto"))
+    return model_backend(model, tokenizer, kind=backend, batch_size=batch_size, name=str(folder))
 
 
 def get_tasks(names: Sequence[str | Task], profile: str) -> list[Task]:

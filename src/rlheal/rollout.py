@@ -1,17 +1,18 @@
-"""The rollout engine: plays episodes of a task with the revision protocol, in batches.
+"""Playing episodes of a task with the revision protocol: `play`, and the protocols backends follow.
 
-Each round, every unfinished episode sends its chat so far to a `Backend`, which returns one completion per
-episode; the task judges it and, if the episode is not done, adds the feedback turn. Evaluation and RL both
-use `play`, so "success" means the same everywhere. A backend only turns chats into completions:
-`HFBackend` uses Hugging Face `generate` (chat template, left padding, KV cache); other backends (scripted
-ones in tests, `OracleBackend`, vLLM later) follow the same `Backend` protocol.
+Evaluation and RL both use `play`, so "success" means the same everywhere. A backend plays in one of two ways:
+- an `EpisodeBackend` (`rlheal.engine.EngineBackend`) takes the episodes' first chats and plays each episode to
+  its end, handing every attempt to a `Referee` (here: the task's verifier) that answers with the next chat;
+- a chat-level `Backend` only turns chats into completions; `play` then batches the unfinished episodes into
+  one `generate` call per round. `HFBackend` (Hugging Face `generate`: chat template, left padding, KV cache),
+  the OpenAI-compatible client, scripted backends in tests and `oracle_backend` are of this kind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from rlheal.chat_tokens import encode_chat
 from rlheal.tasks.base import Episode, Problem, Task
@@ -80,6 +81,29 @@ class Backend(Protocol):
         ...
 
 
+class Referee(Protocol):
+    """What an episode backend reports each attempt to."""
+
+    def judge(self, index: int, generation: Generation) -> Messages | None:
+        """Record attempt `generation` of episode `index`; return the chat of its next attempt, or None when the
+        episode is over."""
+        ...
+
+    def out_of_context(self, index: int) -> None:
+        """Episode `index`'s next chat plus max_new_tokens does not fit the model's context: it stops there."""
+        ...
+
+
+@runtime_checkable
+class EpisodeBackend(Protocol):
+    """Plays whole episodes: attempt after attempt, each judged by the referee as soon as it ends."""
+
+    def play_episodes(self, chats: Sequence[Messages], referee: Referee, decoding: Decoding) -> None:
+        """Play episode i from its first chat `chats[i]` until `referee.judge` returns None for it or the
+        backend calls `referee.out_of_context(i)`. Raises RolloutError when a first chat does not fit."""
+        ...
+
+
 @dataclass
 class PlayedEpisode:
     """An episode (turns, verdicts) and the generation behind each of its attempts."""
@@ -107,7 +131,7 @@ def round_seed(seed: int, round_index: int) -> int:
 def play(
     task: Task,
     problems: Sequence[Problem],
-    backend: Backend,
+    backend: Backend | EpisodeBackend,
     *,
     max_attempts: int | None = None,
     decoding: Decoding = Decoding(),  # noqa: B008 - frozen dataclass, safe as a default
@@ -115,13 +139,18 @@ def play(
 ) -> list[PlayedEpisode]:
     """Play one episode per problem with the revision protocol; returns them in the order of `problems`.
 
-    Each round batches the unfinished episodes into one `backend.generate` call. `max_attempts` defaults to
-    the task's. A first attempt that does not fit the model's context is the backend's error (RolloutError:
-    the model cannot play this task); an episode whose chat outgrows the context at a later attempt is
-    stopped there (`stopped = "context"`) and counts as unsolved. `on_round(finished, total)` is called
-    after each round (progress reporting).
+    An `EpisodeBackend` plays the episodes itself (continuous batching); a chat-level `Backend` gets each
+    round's unfinished episodes in one `generate` call (round r samples with seed `round_seed(decoding.seed,
+    r)`). `max_attempts` defaults to the task's. A first attempt that does not fit the model's context is the
+    backend's error (RolloutError: the model cannot play this task); an episode whose chat outgrows the
+    context at a later attempt is stopped there (`stopped = "context"`) and counts as unsolved.
+    `on_round(finished, total)` reports progress: after each round, or as episodes finish.
     """
     played = [PlayedEpisode(task.new_episode(p, max_attempts)) for p in problems]
+    if isinstance(backend, EpisodeBackend):
+        backend.play_episodes([pe.episode.messages() for pe in played], _TaskReferee(task, played, on_round),
+                              decoding)
+        return played
     round_index = 0
     while active := [pe for pe in played if not pe.done]:
         if round_index > 0:
@@ -136,6 +165,32 @@ def play(
         if on_round is not None:
             on_round(sum(pe.done for pe in played), len(played))
     return played
+
+
+class _TaskReferee:
+    """The task's verifier as an episode backend's referee: each attempt is a `task.step` of its episode."""
+
+    def __init__(self, task: Task, played: list[PlayedEpisode], on_round: Callable[[int, int], None] | None):
+        self.task, self.played, self.on_round = task, played, on_round
+        self.finished = 0
+
+    def judge(self, index: int, generation: Generation) -> Messages | None:
+        pe = self.played[index]
+        self.task.step(pe.episode, generation.text)
+        pe.generations.append(generation)
+        if not pe.done:
+            return pe.episode.messages()
+        self._finish()
+        return None
+
+    def out_of_context(self, index: int) -> None:
+        self.played[index].stopped = "context"
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished += 1
+        if self.on_round is not None:
+            self.on_round(self.finished, len(self.played))
 
 
 def _play_round(task: Task, active: list[PlayedEpisode], backend: Backend, decoding: Decoding, round_index: int):
@@ -223,12 +278,7 @@ class HFBackend:
         self.name = name
         self.context = getattr(model.config, "max_position_embeddings", None)
         self.cache = cache if cache != "auto" else "static" if model.device.type == "cpu" else "dynamic"
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos_ids.add(tokenizer.eos_token_id)
-        self.eos_ids = sorted(eos_ids)
+        self.pad_id, self.eos_ids = pad_and_stop_ids(model, tokenizer)
 
     def encode_prompts(self, batch: Sequence[Messages]) -> list[list[int]]:
         """Token ids of each chat rendered by the chat template, ending with the assistant's opening; text in a
@@ -300,6 +350,17 @@ class HFBackend:
         generated = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         new = generated[:, width:].tolist()
         return [_cut_at_eos(row, self.eos_ids) for row in new]
+
+
+def pad_and_stop_ids(model: Any, tokenizer: Any) -> tuple[int, list[int]]:
+    """(pad id, sorted eos ids) of a local backend: padding is the tokenizer's pad token (else its eos); an
+    attempt ends at any of the model's `generation_config.eos_token_id` or the tokenizer's eos token."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    return pad_id, sorted(eos_ids)
 
 
 def _cut_at_eos(ids: list[int], eos_ids: Sequence[int]) -> list[int]:

@@ -111,11 +111,21 @@ def eval_command(
                                                 "on a busy machine 1 is often fastest.")] = None,
     log_samples: LogSamples = False,
     report_to: ReportTo = "none",
+    backend: Annotated[str, typer.Option("--backend", help="engine (the episode engine: KV cache kept across "
+                                         "attempts, continuous batching), hf (Hugging Face generate per round), "
+                                         "or openai (a server speaking /v1/chat/completions: --base-url, "
+                                         "--model).")] = "engine",
+    base_url: Annotated[str | None, typer.Option("--base-url", help="--backend openai: the server's API root, "
+                                                 "e.g. http://localhost:8000/v1.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="--backend openai: the model name the server "
+                                              "serves.")] = None,
 ) -> None:
     """Evaluate checkpoints on ID/OOD splits; what is already stored is skipped, down to single problems.
 
     Under a launcher (`torchrun`/`accelerate launch`, WORLD_SIZE > 1) the episodes are split across the
-    processes and rank 0 writes the store."""
+    processes and rank 0 writes the store. With `--backend openai` a running server plays the episodes of the
+    one checkpoint folder it serves (the folder names the rows; its weights are not loaded here); `--batch-size`
+    is then the number of requests in flight."""
     import os
 
     from rlheal.distributed import distributed_evaluate
@@ -134,6 +144,7 @@ def eval_command(
     trackers = parse_report_to(report_to)
     decoding = Decoding(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     folders = find_checkpoints(list(checkpoints))
+    load_backend = backend_loader(backend, base_url, model, batch_size, folders)
     profile, warning = choose_profile(profile, folders)
     if warning:
         note(f"warning: {warning}", style="yellow")
@@ -146,11 +157,41 @@ def eval_command(
             rows = (distributed_evaluate if distributed else evaluate)(
                 results, folders, _split_list(tasks), _split_list(splits), episodes=episodes, seed=seed,
                 profile=profile, decoding=decoding, batch_size=batch_size, max_attempts=max_attempts,
-                show_progress=show_bars(), **extra)
+                load_backend=load_backend, show_progress=show_bars(), **extra)
         finally:
             hub.close()
         note(f"results store: {results.path} (profile {profile})")
         _print_evals(rows, results.root)
+
+
+def backend_loader(backend: str, base_url: str | None, model: str | None, batch_size: int,
+                   folders: list[Path]):
+    """The `load_backend` of `rlheal eval --backend ...`; ValueError (one line) for options that do not fit."""
+    from functools import partial
+
+    from rlheal.engine import BACKENDS
+    from rlheal.evaluate import hf_backend_loader
+
+    if backend not in (*BACKENDS, "openai"):
+        raise ValueError(f"--backend must be one of {', '.join((*BACKENDS, 'openai'))}, got {backend!r}")
+    if backend != "openai":
+        if base_url or model:
+            raise ValueError("--base-url and --model are for --backend openai; a local backend loads each "
+                             "checkpoint folder itself")
+        return hf_backend_loader(batch_size, backend=backend)
+    if not base_url or not model:
+        raise ValueError("--backend openai needs --base-url (e.g. http://localhost:8000/v1) and --model (the name "
+                         "the server serves)")
+    if len(folders) != 1:
+        raise ValueError(f"--backend openai plays the one model the server serves: give its one checkpoint folder "
+                         f"(got {len(folders)} checkpoints)")
+    return partial(_openai_backend, base_url=base_url, model=model, concurrency=batch_size)
+
+
+def _openai_backend(folder: Path, *, base_url: str, model: str, concurrency: int):
+    from rlheal.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(base_url, model, concurrency=concurrency)
 
 
 def results_command(

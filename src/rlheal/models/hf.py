@@ -35,17 +35,20 @@ def _text_config(config: Any) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def kv_cache_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
-    """Bytes of KV cache one token takes: layers × 2 (K and V) × kv_heads × head_dim × dtype_bytes.
-
-    `config` is a transformers config or a model; kv_heads defaults to the attention heads (no GQA) and
-    head_dim to hidden_size / heads.
-    """
+def kv_shape(config: Any) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of the KV cache: `config` is a transformers config or a model; kv_heads
+    defaults to the attention heads (no GQA) and head_dim to hidden_size / heads."""
     cfg = _text_config(config)
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return cfg.num_hidden_layers * 2 * kv_heads * head_dim * dtype_bytes
+    return cfg.num_hidden_layers, kv_heads, head_dim
+
+
+def kv_cache_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
+    """Bytes of KV cache one token takes: layers × 2 (K and V) × kv_heads × head_dim × dtype_bytes (`kv_shape`)."""
+    layers, kv_heads, head_dim = kv_shape(config)
+    return layers * 2 * kv_heads * head_dim * dtype_bytes
 
 
 def suggest_batch_size(config: Any, prompt_len: int, new_tokens: int, free_bytes: int, *, dtype_bytes: int = 2,
@@ -285,20 +288,21 @@ def load_for_inference(folder: str | Path, device: str = "auto", dtype: str = "a
 
 def hf_loader(batch_size: int | str = "auto", *, device: str = "auto", dtype: str = "auto",
               device_map: str | None = None, prompt_len: int = 1024, new_tokens: int = 256,
-              tokenizer: Any = None):
+              tokenizer: Any = None, backend: str = "engine"):
     """A `LoadBackend` for `rlheal.evaluate.evaluate(load_backend=...)` built on `load_for_inference`.
 
     batch_size "auto" sizes it from the memory free after loading, for chats of `prompt_len` prompt tokens
     plus `new_tokens` (budget the longest chat of the revision protocol). `tokenizer` overrides the folder's
-    (e.g. a trainer checkpoint saved without one).
+    (e.g. a trainer checkpoint saved without one). `backend`: "engine" (the episode engine, `batch_size` slots;
+    a model spread over several GPUs plays with Hugging Face generate) or "hf" (`rlheal.engine.model_backend`).
     """
     return partial(_load_backend, batch_size=batch_size, device=device, dtype=dtype, device_map=device_map,
-                   prompt_len=prompt_len, new_tokens=new_tokens, tokenizer=tokenizer)
+                   prompt_len=prompt_len, new_tokens=new_tokens, tokenizer=tokenizer, backend=backend)
 
 
 def _load_backend(folder: Path, *, batch_size: int | str, device: str, dtype: str, device_map: str | None,
-                  prompt_len: int, new_tokens: int, tokenizer: Any):
-    from rlheal.rollout import HFBackend
+                  prompt_len: int, new_tokens: int, tokenizer: Any, backend: str):
+    from rlheal.engine import model_backend
 
     model, own_tokenizer = load_for_inference(folder, device=device, dtype=dtype, device_map=device_map)
     if tokenizer is not None:
@@ -309,7 +313,9 @@ def _load_backend(folder: Path, *, batch_size: int | str, device: str, dtype: st
         dev = str(model.device)
         batch_size = suggest_batch_size(model.config, prompt_len, new_tokens, free_memory(dev),
                                         dtype_bytes=model.dtype.itemsize)
-    return HFBackend(model, tokenizer, batch_size=int(batch_size), name=str(folder))
+    spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1
+    return model_backend(model, tokenizer, kind="hf" if spread else backend, batch_size=int(batch_size),
+                         name=str(folder))
 
 
 def describe(model: Any) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def episode_tokens(generations: Sequence[Any]) -> tuple[list[int], list[int], li
     and continues with that prompt's tokens (mask 0), so the context of every kept token is what the model saw.
     """
     if not generations or not all(g.prompt_ids and g.completion_ids for g in generations):
-        raise ValueError("every attempt needs prompt and completion token ids (use HFBackend)")
+        raise ValueError("every attempt needs prompt and completion token ids (use a local backend: the engine, HFBackend)")
     prompt = list(generations[0].prompt_ids)
     seq, mask = prompt + list(generations[0].completion_ids), [1] * len(generations[0].completion_ids)
     for generation in generations[1:]:
@@ -115,9 +115,10 @@ def train_grpo(
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
+    from rlheal.engine import model_backend
     from rlheal.models.checkpoint import Manifest, check_checkpoint, load_model, read_manifest, save_model
     from rlheal.provenance import stable_hash
-    from rlheal.rollout import Decoding, HFBackend, play
+    from rlheal.rollout import Decoding, play
     from rlheal.tasks.base import Task
     from rlheal.tracking import TrainerReporting
     from rlheal.train.ledger import record_update
@@ -144,8 +145,8 @@ def train_grpo(
     state: dict[str, Any] = {"played": [], "calls": 0, "began": time.perf_counter()}
 
     def rollout(prompts: list[list[dict[str, str]]], trainer: GRPOTrainer) -> dict[str, list]:
-        backend = HFBackend(trainer.accelerator.unwrap_model(trainer.model), tokenizer,
-                            batch_size=config.rollout_batch_size, name=str(start))
+        backend = model_backend(trainer.accelerator.unwrap_model(trainer.model), tokenizer,
+                                batch_size=config.rollout_batch_size, name=str(start))
         seed = (config.seed * 1_000_003 + done + state["calls"]) * trainer.accelerator.num_processes \
             + trainer.accelerator.process_index
         state["calls"] += 1

@@ -3,16 +3,18 @@
 One update:
 1. Rollout: play `episodes_per_update` ID episodes with the revision protocol (`rlheal.rollout.play`) at the
    rollout temperature. Each attempt is one step; its reward is the verifier's.
-2. Score the steps with the policy before the update: the action log-probability is the sum over the attempt's
-   generated tokens of log softmax(logits / temperature), in float32; the value is the value head on the hidden
-   state of the attempt prompt's last token (the whole chat up to that attempt); with `track_kl`, the same
-   log-probabilities under the frozen starting model give the KL to the start (k3 estimator).
+2. Score the steps with the policy before the update, one forward pass per episode over its final chat (each
+   attempt's prompt and completion are a prefix of it; `attempt_rows`): the action log-probability is the sum
+   over the attempt's generated tokens of log softmax(logits / temperature), in float32; the value is the value
+   head on the hidden state of the attempt prompt's last token (the whole chat up to that attempt); with
+   `track_kl`, the same log-probabilities under the frozen starting model give the KL to the start (k3).
 3. Rewards minus `kl_coef` × KL to the start (with `kl_target`, the coefficient adapts after every update
    toward that KL, `rl_math.adaptive_kl_coef`); in the control arm (`control`) the rewards are shuffled
    across the batch first. Turn-level GAE (γ, λ) inside each episode (`rl_math.turn_gae`: bootstrap 0 after
    the last attempt, nothing crosses an episode boundary); advantages normalised over the batch.
-4. `epochs` passes of shuffled minibatches: clipped surrogate + `value_coef` × clipped value loss
-   (- `entropy_coef` × entropy), gradient clipping, one optimiser step per minibatch. The value head has its
+4. `epochs` passes of shuffled minibatches of whole episodes (about `minibatch_size` steps each, one forward
+   pass per episode): clipped surrogate + `value_coef` × clipped value loss, each a mean over the minibatch's
+   steps (- `entropy_coef` × entropy), gradient clipping, one optimiser step per minibatch. The value head has its
    own learning rate (`value_lr`); for the first `value_warmup` updates only the value loss is optimised and
    the backbone does not move.
 5. Every update's row records the critic's explained variance (before the update), the clip fraction and
@@ -123,7 +125,8 @@ class PPOConfig(RLSettings):
     clip: float = Field(0.1, gt=0.0, lt=1.0, description="PPO ratio clip ε")
     value_clip: float | None = Field(1.0, gt=0.0, description="value clip, in reward units; None = unclipped")
     epochs: int = Field(4, ge=1, description="passes over each rollout")
-    minibatch_size: int = Field(16, ge=1, description="steps (attempts) per minibatch, per process")
+    minibatch_size: int = Field(16, ge=1, description="steps (attempts) per minibatch, per process; minibatches "
+                                "hold whole episodes, about this many steps each")
     lr: float = Field(1e-5, gt=0.0, description="AdamW learning rate of the model (paper: 1e-6 for 7-11B models)")
     value_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the value head")
     value_warmup: int = Field(5, ge=0, description="first updates that train the value head alone (the model "
@@ -161,10 +164,17 @@ class PPOConfig(RLSettings):
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
 class Steps:
-    """Attempts of whole episodes, in order; `dones[t]` marks each episode's last attempt."""
+    """Attempts of whole episodes, in order, and the token rows that score them in one pass each.
 
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]
+    Step t is the completion of `completion_lens[t]` tokens at `prompt_lens[t]` in row `rows[row[t]]` (its
+    prompt is all that precedes it there); `episode[t]` numbers its episode; `dones[t]` marks each episode's
+    last attempt. An episode normally has one row, its final chat, holding every attempt."""
+
+    rows: list[list[int]]
+    row: list[int]
+    prompt_lens: list[int]
+    completion_lens: list[int]
+    episode: list[int]
     rewards: list[float]
     dones: list[bool]
     format_ok: list[bool]
@@ -174,18 +184,46 @@ class Steps:
     def __len__(self) -> int:
         return len(self.rewards)
 
+    def of_episodes(self, episodes: Sequence[int]) -> list[int]:
+        """The steps of `episodes`, in step order."""
+        chosen = set(episodes)
+        return [t for t, e in enumerate(self.episode) if e in chosen]
+
+
+def attempt_rows(generations: Sequence[Any]) -> tuple[list[list[int]], list[int]]:
+    """The rows that hold an episode's attempts and the row of each attempt: attempt k + 1 extends attempt k's
+    row when that row (attempt k's prompt and completion) begins its prompt, as the engine's chats do; where a
+    re-tokenised chat does not begin with it, a new row starts, so every attempt is scored in the context the
+    model saw when it sampled."""
+    rows: list[list[int]] = []
+    row_of: list[int] = []
+    for generation in generations:
+        prompt, chat = list(generation.prompt_ids), list(generation.prompt_ids) + list(generation.completion_ids)
+        if rows and prompt[: len(rows[-1])] == rows[-1]:
+            rows[-1] = chat
+        else:
+            rows.append(chat)
+        row_of.append(len(rows) - 1)
+    return rows, row_of
+
 
 def flatten_episodes(played: Sequence[Any]) -> Steps:
     """The steps of `PlayedEpisode`s; raises ValueError when a generation carries no token ids."""
-    steps = Steps([], [], [], [], [], n_episodes=len(played), n_solved=0)
-    for pe in played:
+    steps = Steps([], [], [], [], [], [], [], [], n_episodes=len(played), n_solved=0)
+    for e, pe in enumerate(played):
         verdicts = pe.episode.verdicts
-        for t, (generation, verdict) in enumerate(zip(pe.generations, verdicts, strict=True)):
+        for t, generation in enumerate(pe.generations):
             if not generation.prompt_ids or not generation.completion_ids:
                 raise ValueError(f"episode {pe.episode.problem.key}, attempt {t + 1}: the backend returned no token "
-                                 "ids; PPO needs a backend that reports them (HFBackend does)")
-            steps.prompt_ids.append(list(generation.prompt_ids))
-            steps.completion_ids.append(list(generation.completion_ids))
+                                 "ids; PPO needs a local backend that reports them (the engine, HFBackend)")
+        rows, row_of = attempt_rows(pe.generations)
+        first = len(steps.rows)
+        steps.rows += rows
+        for t, (generation, verdict) in enumerate(zip(pe.generations, verdicts, strict=True)):
+            steps.row.append(first + row_of[t])
+            steps.prompt_lens.append(len(generation.prompt_ids))
+            steps.completion_lens.append(len(generation.completion_ids))
+            steps.episode.append(e)
             steps.rewards.append(float(verdict.reward))
             steps.dones.append(t == len(verdicts) - 1)
             steps.format_ok.append(bool(verdict.format_ok))
@@ -193,17 +231,20 @@ def flatten_episodes(played: Sequence[Any]) -> Steps:
     return steps
 
 
-def pad_steps(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], pad_id: int, device: Any):
-    """Right-padded prompt+completion rows: (input_ids, attention_mask, prompt_lens, completion_lens)."""
-    import torch
-
-    rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
-    width = max(len(r) for r in rows)
-    input_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
-    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-    prompt_lens = torch.tensor([len(p) for p in prompt_ids], device=device)
-    completion_lens = torch.tensor([len(c) for c in completion_ids], device=device)
-    return input_ids, attention_mask, prompt_lens, completion_lens
+def episode_chunks(steps: Steps, max_steps: int) -> list[list[int]]:
+    """Consecutive episodes grouped so that each group has at most `max_steps` steps (an episode with more goes
+    alone): the scoring passes before an update."""
+    groups: list[list[int]] = []
+    count = 0
+    for e in range(steps.n_episodes):
+        size = steps.episode.count(e)
+        if groups and count + size <= max_steps:
+            groups[-1].append(e)
+            count += size
+        else:
+            groups.append([e])
+            count = size
+    return groups
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -220,28 +261,39 @@ def _actor_critic_class():
             self.model = model
             self.head = head
 
-        def forward(self, input_ids, attention_mask, prompt_lens):
-            import torch
-
+        def forward(self, input_ids, attention_mask, value_rows, value_positions):
+            """The logits of every position, and the values at (row, position) pairs."""
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-            values = self.head(out.hidden_states[-1][rows, prompt_lens - 1])
-            return out.logits, values
+            return out.logits, self.head(out.hidden_states[-1][value_rows, value_positions])
 
     return ActorCritic
 
 
-def score_steps(module, steps_prompt, steps_completion, pad_id: int, temperature: float, device: Any):
-    """Per step: (sequence log-prob, value, token log-probs, token entropies, token mask) under `module`
-    (an ActorCritic, or a bare causal LM for the reference, whose values are then None)."""
+def score_steps(module, steps: Steps, chosen: Sequence[int], pad_id: int, temperature: float, device: Any):
+    """Per chosen step: (sequence log-prob, value, token log-probs, token entropies, token mask) under `module`
+    (an ActorCritic, or a bare causal LM for the reference, whose values are then None), from one forward pass
+    over the rows that hold the chosen steps: log-probs at each step's completion positions, its value on the
+    hidden state of its prompt's last token."""
+    import torch
+
     from rlheal.train.rl_math import gather_completion
 
-    input_ids, attention_mask, prompt_lens, completion_lens = pad_steps(steps_prompt, steps_completion, pad_id, device)
+    needed = list(dict.fromkeys(steps.row[t] for t in chosen))
+    local = {r: i for i, r in enumerate(needed)}
+    rows = [steps.rows[r] for r in needed]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    as_tensor = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
+    step_rows = as_tensor([local[steps.row[t]] for t in chosen])
+    prompt_lens = as_tensor([steps.prompt_lens[t] for t in chosen])
+    completion_lens = as_tensor([steps.completion_lens[t] for t in chosen])
     if hasattr(module, "head") or hasattr(getattr(module, "module", None), "head"):
-        logits, values = module(input_ids, attention_mask, prompt_lens)
+        logits, values = module(input_ids, attention_mask, step_rows, prompt_lens - 1)
     else:
         logits, values = module(input_ids=input_ids, attention_mask=attention_mask).logits, None
-    token_logps, entropy, mask = gather_completion(logits / temperature, input_ids, prompt_lens, completion_lens)
+    token_logps, entropy, mask = gather_completion(logits, input_ids, prompt_lens, completion_lens, rows=step_rows,
+                                                   temperature=temperature)
     return token_logps.sum(-1), values, token_logps, entropy, mask
 
 
@@ -349,10 +401,11 @@ def train_ppo(
     from accelerate.utils import gather_object
     from rich.console import Console
 
+    from rlheal.engine import model_backend
     from rlheal.models.checkpoint import Manifest, check_checkpoint, load_model, read_manifest, save_model
     from rlheal.progress import bar
     from rlheal.provenance import stable_hash
-    from rlheal.rollout import Decoding, HFBackend, play
+    from rlheal.rollout import Decoding, play
     from rlheal.tasks.base import Task
     from rlheal.train.ledger import record_update
     from rlheal.train.rl_math import (
@@ -398,7 +451,7 @@ def train_ppo(
                                   weight_decay=config.weight_decay)
     actor_critic, optimizer = accelerator.prepare(actor_critic, optimizer)
     policy = accelerator.unwrap_model(actor_critic)
-    backend = HFBackend(policy.model, tokenizer, batch_size=config.rollout_batch_size, name=str(resume or start))
+    backend = model_backend(policy.model, tokenizer, batch_size=config.rollout_batch_size, name=str(resume or start))
     device, n_proc, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     local_episodes = _share(config.episodes_per_update, n_proc, rank)
     console = Console(stderr=True)
@@ -420,20 +473,19 @@ def train_ppo(
                 on_played(update, played)
             steps = flatten_episodes(played)
 
-            # 2. score with the policy before the update (and the frozen start) -------------------------------
+            # 2. score with the policy before the update (and the frozen start): one pass per episode's chat -----
             old_logp, old_values, kl_seq, entropy_sum, n_tokens = [], [], [], 0.0, 0
             with torch.no_grad():
-                for idx in _chunks(len(steps), config.minibatch_size):
-                    prompts, completions = [steps.prompt_ids[i] for i in idx], [steps.completion_ids[i] for i in idx]
+                for episodes in episode_chunks(steps, config.minibatch_size):
+                    chosen = steps.of_episodes(episodes)
                     logp, values, token_logps, entropy, mask = score_steps(
-                        actor_critic, prompts, completions, pad_id, config.temperature, device)
+                        actor_critic, steps, chosen, pad_id, config.temperature, device)
                     old_logp.append(logp)
                     old_values.append(values)
                     entropy_sum += float(entropy.sum())
                     n_tokens += int(mask.sum())
                     if reference is not None:
-                        ref_token_logps = score_steps(reference, prompts, completions, pad_id, config.temperature,
-                                                      device)[2]
+                        ref_token_logps = score_steps(reference, steps, chosen, pad_id, config.temperature, device)[2]
                         kl_seq.append(kl_to_reference(token_logps, ref_token_logps, mask))
             old_logp, old_values = torch.cat(old_logp), torch.cat(old_values)
             kl_seq = torch.cat(kl_seq) if kl_seq else None
@@ -454,21 +506,20 @@ def train_ppo(
             normed, has_spread = normalize_advantages(advantages, torch.tensor(all_advantages, device=device))
             no_signal = no_signal or not has_spread
 
-            # 4. epochs of clipped PPO on shuffled minibatches ------------------------------------------------
+            # 4. epochs of clipped PPO on shuffled minibatches of whole episodes -------------------------------
             losses: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": []}
             warming_up = update <= config.value_warmup  # the critic alone: the model's learning rate is 0
             optimizer.param_groups[0]["lr"] = 0.0 if warming_up else config.lr
             if not no_signal:
                 actor_critic.train()
-                n_minibatches = int(accelerator.gather(torch.tensor(
-                    [math.ceil(len(steps) / config.minibatch_size)], device=device)).max())
+                wanted = min(steps.n_episodes, math.ceil(len(steps) / config.minibatch_size))
+                n_minibatches = int(accelerator.gather(torch.tensor([wanted], device=device)).max())
                 for _ in range(config.epochs):
-                    for idx in minibatch_indices(len(steps), n_minibatches, generator):
-                        idx_list = idx.tolist()
+                    for episodes in minibatch_indices(steps.n_episodes, n_minibatches, generator):
+                        chosen = steps.of_episodes(episodes.tolist())
                         logp, values, _, entropy, mask = score_steps(
-                            actor_critic, [steps.prompt_ids[i] for i in idx_list],
-                            [steps.completion_ids[i] for i in idx_list], pad_id, config.temperature, device)
-                        idx = idx.to(device)
+                            actor_critic, steps, chosen, pad_id, config.temperature, device)
+                        idx = torch.tensor(chosen, device=device)
                         policy_loss, clip_frac = clipped_surrogate(logp, old_logp[idx], normed[idx], config.clip)
                         value_loss = clipped_value_loss(values, old_values[idx], returns[idx], config.value_clip)
                         mean_entropy = entropy.sum() / mask.sum().clamp(min=1)

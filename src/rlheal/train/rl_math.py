@@ -89,23 +89,26 @@ def clipped_value_loss(
 
 
 def gather_completion(
-    logits: torch.Tensor, input_ids: torch.Tensor, prompt_lens: torch.Tensor, completion_lens: torch.Tensor
+    logits: torch.Tensor, input_ids: torch.Tensor, prompt_lens: torch.Tensor, completion_lens: torch.Tensor,
+    rows: torch.Tensor | None = None, temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities and entropies of each row's completion, in float32.
+    """Per-token log-probabilities and entropies of completions under softmax(logits / temperature), in float32.
 
-    Row b of `input_ids` (B, T) holds a prompt of `prompt_lens[b]` tokens followed by a completion of
-    `completion_lens[b]` tokens (then padding); `logits` (B, T, V) are the model's outputs on it. Returns
-    (token_logps, token_entropy, mask), each (B, L) with L the longest completion; padding positions are 0
-    in all three.
+    Completion s lies in row `rows[s]` (default: row s) of `input_ids` (B, T): `completion_lens[s]` tokens from
+    position `prompt_lens[s]`; `logits` (B, T, V) are the model's outputs on the rows. Several completions may
+    share a row (the attempts of one episode's chat). Returns (token_logps, token_entropy, mask), each (S, L)
+    with L the longest completion; padding positions are 0 in all three.
     """
+    if rows is None:
+        rows = torch.arange(len(prompt_lens), device=logits.device)
     width = int(completion_lens.max()) if completion_lens.numel() else 0
     offsets = torch.arange(width, device=logits.device)
     mask = offsets[None, :] < completion_lens[:, None]
     targets_pos = (prompt_lens[:, None] + offsets[None, :]).clamp(max=input_ids.shape[1] - 1)
     logits_pos = (targets_pos - 1).clamp(min=0)
-    picked = torch.gather(logits, 1, logits_pos[..., None].expand(-1, -1, logits.shape[-1])).float()
+    picked = logits[rows[:, None], logits_pos].float() / temperature
     log_probs = torch.log_softmax(picked, dim=-1)
-    targets = torch.gather(input_ids, 1, targets_pos)
+    targets = input_ids[rows[:, None], targets_pos]
     token_logps = torch.gather(log_probs, 2, targets[..., None]).squeeze(-1) * mask
     token_entropy = -(log_probs.exp() * log_probs).sum(-1) * mask
     return token_logps, token_entropy, mask
@@ -136,10 +139,11 @@ def advantage_stats(advantages: Any, bins: int = HISTOGRAM_BINS) -> dict[str, An
 
 
 def minibatch_indices(n_steps: int, n_minibatches: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A random split of range(n_steps) into exactly `n_minibatches` non-empty, near-equal parts.
+    """A random split of range(n_steps) into exactly `n_minibatches` non-empty, near-equal parts (PPO splits its
+    episodes so).
 
-    When there are fewer steps than minibatches, permutations are repeated (so every process of a
-    distributed run takes the same number of optimiser steps even with fewer steps of its own).
+    When there are fewer items than minibatches, permutations are repeated (so every process of a
+    distributed run takes the same number of optimiser steps even with fewer items of its own).
     """
     if n_steps < 1 or n_minibatches < 1:
         raise ValueError(f"need at least one step and one minibatch, got {n_steps} steps, {n_minibatches} minibatches")

@@ -62,6 +62,14 @@ METHOD_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
 METHOD_FIELDS = ("method", "method_modules", "lora_rank", "lora_alpha", "penalty_weight", "penalty_k")
 
 
+def _checkpointing_argument() -> str:
+    """The training argument that switches activation (gradient) checkpointing: transformers renamed it."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
 class SFTConfigError(ValueError):
     """An SFT config that cannot be used; the message names the file and field and what to do."""
 
@@ -88,6 +96,8 @@ class SFTConfig(BaseModel):
     loss_eval_seed: int = Field(0, ge=0, description="the eval-set seed whose problems form the loss test sets")
     max_length: int = Field(1024, ge=16)
     bf16: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory for large models, slower; the built-in model trains without it")
     seed: int = 0
     method: Literal["full", "lora", "rotation_penalty", "sigma_only"] = Field(
         "full", description="how the weights may move: full, lora (adapters, saved merged), rotation_penalty "
@@ -102,14 +112,18 @@ class SFTConfig(BaseModel):
                              "rank (≤ 1) or a count")
 
     @model_serializer(mode="wrap")
-    def _omit_default_method(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dumps leave out the method's settings while they are the defaults (plain full SFT), so configs without
-        them keep their hashes and study fingerprints."""
+    def _omit_defaults_that_change_no_result(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dumps leave out the method's settings while they are the defaults (plain full SFT) and
+        `gradient_checkpointing` while off, so configs without them keep their hashes and study fingerprints
+        (checkpointing changes memory and time, not weights: runs made when TRL's default had it on hold the
+        same weights)."""
         data = handler(self)
         fields = type(self).model_fields
         if all(getattr(self, n) == fields[n].get_default(call_default_factory=True) for n in METHOD_FIELDS):
             for name in METHOD_FIELDS:
                 data.pop(name, None)
+        if not self.gradient_checkpointing:
+            data.pop("gradient_checkpointing", None)
         return data
 
     @field_validator("method_modules")
@@ -378,6 +392,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
         completion_only_loss=True,
         packing=False,
         bf16=cfg.bf16,
+        **{_checkpointing_argument(): cfg.gradient_checkpointing},
         optim="adamw_torch",
         save_strategy="no",
         eval_strategy="no",
