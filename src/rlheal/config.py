@@ -76,7 +76,7 @@ class RLSection(_Section):
         "always with the OOD peak and the last checkpoint; window takes the checkpoint before the OOD peak, the "
         "peak, the first checkpoint 5 points below it, the first at or below the midpoint of peak and end, and "
         "the end (the base never); decline (or decline:P) takes the first checkpoint whose OOD success is 5 (or "
-        "P) percentage points below the peak, and the last checkpoint")
+        "P) percentage points below the peak, and the last checkpoint; an empty list skips RL (SFT-only studies)")
     n_starts: int = Field(3, ge=1, description="how many starts `auto` picks")
     control: bool = Field(True, description="also run PPO's control arm from every start: the same updates "
                           "with rewards shuffled across each batch, so regression to the mean is visible")
