@@ -255,10 +255,10 @@ class Study:
 
     def evaluate(self, checkpoints: Sequence[Path]) -> tuple[int, int]:
         """Evaluate `checkpoints` on the study's eval sets; returns (rows in all, rows computed now)."""
-        from rlheal.evaluate import evaluate
+        from rlheal.distributed import evaluate_launched
 
         e, new = self.cfg.eval, []
-        rows = evaluate(self.store, list(checkpoints), self.cfg.tasks, self.cfg.splits, episodes=e.episodes,
+        rows = evaluate_launched(self.store, list(checkpoints), self.cfg.tasks, self.cfg.splits, episodes=e.episodes,
                         seed=e.seed, profile=self.cfg.profile, batch_size=e.batch_size, max_attempts=e.max_attempts,
                         decoding=self._decoding(), show_progress=self.progress, samples=self._samples("eval"),
                         on_row=lambda row: (new.append(row), self.trackers.log_eval_row(row)))

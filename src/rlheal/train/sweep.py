@@ -88,7 +88,7 @@ def run_sweep(
     the config's task name. `samples` receives the RL episodes, `eval_samples` the evaluation's;
     `trackers` the update and evaluation rows (GRPO reports through TRL to the same trackers).
     Returns `rl_summary` rows of the starts of this sweep."""
-    from rlheal.evaluate import evaluate
+    from rlheal.distributed import evaluate_launched
     from rlheal.progress import note
     from rlheal.rollout import Decoding
     from rlheal.train.grpo import train_grpo
@@ -112,7 +112,7 @@ def run_sweep(
             restore_updates(store, out, start)  # rows a lost or moved-aside store no longer holds
             if result.no_signal:
                 note(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
-            evaluate(store, [start, *rl_checkpoints(out)], [eval_task], episodes=eval_episodes, seed=eval_seed,
+            evaluate_launched(store, [start, *rl_checkpoints(out)], [eval_task], episodes=eval_episodes, seed=eval_seed,
                      profile=config.profile,
                      max_attempts=config.max_attempts if eval_max_attempts is None else eval_max_attempts,
                      decoding=eval_decoding or Decoding(), show_progress=show_progress, samples=eval_samples,
