@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -24,22 +25,54 @@ SFT_ATOL, RL_ATOL, ROW_RTOL = 1e-6, 5e-4, 1e-4
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, which the kernel never hands out by itself: the gloo
+    connections of other launches, which take ephemeral ports, cannot take it between this choice and the
+    launcher's bind."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(20000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
-def accelerate(*args: str, processes: int = 2, machines: int = 1, rank: int = 0, port: int | None = None) -> list[str]:
+def accelerate(*args: str, processes: int = 2, machines: int = 1, rank: int = 0, port: int) -> list[str]:
     """The `accelerate launch` command line of `args` on CPU processes (torchrun underneath, gloo)."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", str(machines), "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-            "--main_process_port", str(port or free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-            *args]
+            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *args]
 
 
 def run(command: list[str], cwd: Path) -> None:
     done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+def launch(*args: str, cwd: Path, machines: int = 1, tries: int = 3) -> subprocess.CompletedProcess:
+    """Run `accelerate launch ... args` on two CPU processes as `machines` launchers of this host and return
+    machine 0's result, asserting success; a launch whose port another process took before the launcher bound
+    it (EADDRINUSE) is tried again on another port."""
+    for attempt in range(tries):
+        port = free_port()
+        launchers = [subprocess.Popen(accelerate(*args, machines=machines, rank=rank, port=port), cwd=cwd, env=ENV,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for rank in range(machines)]
+        done = []
+        for launcher in launchers:
+            out, err = launcher.communicate(timeout=300)
+            done.append(subprocess.CompletedProcess(launcher.args, launcher.returncode, out, err))
+            if launcher.returncode != 0:  # the other machines would wait for it
+                for other in launchers:
+                    if other.poll() is None:
+                        other.kill()
+        if all(d.returncode == 0 for d in done):
+            return done[0]
+        if attempt + 1 == tries or not any("EADDRINUSE" in d.stderr for d in done):
+            break
+    raise AssertionError(next(d for d in done if d.returncode != 0).stderr[-4000:])
 
 
 def weights(folder: Path) -> dict:
@@ -61,8 +94,8 @@ def table(run_folder: Path, name: str, drop: tuple[str, ...] = ()) -> list[dict]
 
 
 def close(a, b) -> bool:
-    """Equal, floats to ROW_RTOL, inside lists, dicts and JSON text (the advantage histograms)."""
-    if isinstance(a, str) and a.startswith("{") and isinstance(b, str):
+    """Equal, floats to ROW_RTOL, inside lists, dicts and JSON text (advantage histograms, σ spectra)."""
+    if isinstance(a, str) and a.startswith(("{", "[")) and isinstance(b, str):
         a, b = json.loads(a), json.loads(b)
     if isinstance(a, float) and isinstance(b, float):
         return b == pytest.approx(a, rel=ROW_RTOL, abs=1e-7)
@@ -128,7 +161,7 @@ def check_sft_like_one_process(root: Path, start: Path, run_name: str) -> None:
 @pytest.mark.slow
 def test_sft_on_two_processes_equals_one(sft_case):
     root, start = sft_case
-    run(accelerate("-m", "rlheal", "sft", "--config", "two.yaml", "--out", "two", "--quiet"), root)
+    launch("-m", "rlheal", "sft", "--config", "two.yaml", "--out", "two", "--quiet", cwd=root)
     check_sft_like_one_process(root, start, "two")
     assert not list((root / "two").rglob("*.tmp"))  # rank 0 alone wrote: no half-written leftovers
 
@@ -137,14 +170,7 @@ def test_sft_on_two_processes_equals_one(sft_case):
 def test_sft_on_two_machines_of_one_host_equals_one_process(sft_case):
     """`--num_machines 2 --machine_rank 0|1`: the multi-node path (static rendezvous at rank 0's address)."""
     root, start = sft_case
-    port = free_port()
-    machines = [subprocess.Popen(accelerate("-m", "rlheal", "sft", "--config", "two.yaml", "--out", "nodes",
-                                            "--quiet", machines=2, rank=rank, port=port),
-                                 cwd=root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for rank in (0, 1)]
-    for machine in machines:
-        _, err = machine.communicate(timeout=300)
-        assert machine.returncode == 0, err[-4000:]
+    launch("-m", "rlheal", "sft", "--config", "two.yaml", "--out", "nodes", "--quiet", cwd=root, machines=2)
     check_sft_like_one_process(root, start, "nodes")
 
 
@@ -182,7 +208,7 @@ def test_rl_on_two_processes_equals_one(tmp_path, make_tiny_checkpoint, algo):
     worker = tmp_path / "worker.py"
     worker.write_text(RL_WORKER.format(tests=str(TESTS)))
     run([sys.executable, str(worker), algo, str(start), str(tmp_path / "one")], tmp_path)
-    run(accelerate(str(worker), algo, str(start), str(tmp_path / "two")), tmp_path)
+    launch(str(worker), algo, str(start), str(tmp_path / "two"), cwd=tmp_path)
     for step in (1, 2):
         folder = f"rl/step-{step:06d}"
         assert_same_weights(tmp_path / "one" / folder, tmp_path / "two" / folder, start, RL_ATOL)

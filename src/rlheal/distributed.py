@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,6 +107,37 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def main_view(value: Any) -> Any:
+    """Rank 0's `value` (JSON-serialisable) on every rank, once rank 0 has computed it: what rank 0 wrote before
+    is there for the others to read. Single process: `value` through JSON."""
+    return gather_json(value)[0]
+
+
+class MainProcessError(RuntimeError):
+    """Raised on the other ranks when work that rank 0 did alone (`on_main`) failed; names rank 0's error."""
+
+
+def on_main(work: Callable[..., Any], *args: Any) -> Any:
+    """`work(*args)` on rank 0 alone while the other ranks wait; every rank returns its result through JSON (it must
+    be JSON-serialisable; a single process gets the same round trip). When `work` raises, rank 0 raises its
+    error and the others MainProcessError with its message, so no rank waits for a failed one. Call it on
+    every rank."""
+    rank, world = ensure_process_group()
+    if world == 1:
+        return json.loads(json.dumps(work(*args)))
+    outcome = None
+    if rank == 0:
+        try:
+            outcome = json.loads(json.dumps({"value": work(*args)}))
+        except Exception as exc:
+            gather_json({"error": f"{type(exc).__name__}: {exc}"})
+            raise
+    got = gather_json(outcome)[0]
+    if "error" in got:
+        raise MainProcessError(f"rank 0 failed, so this rank stops: {got['error']}")
+    return got["value"]
 
 
 # --------------------------------------------------------------------------------------------------------------
