@@ -216,3 +216,21 @@ def test_rl_on_two_processes_equals_one(tmp_path, make_tiny_checkpoint, algo):
     one, two = table(tmp_path / "one", "rl_updates", drop), table(tmp_path / "two", "rl_updates", drop)
     assert [r["n_episodes"] for r in two] == ([8, 8] if algo == "ppo" else [32, 32])
     assert_same_rows(one, two)
+
+
+@pytest.mark.slow
+def test_fsdp_launch_without_a_gpu_is_refused_in_one_line(sft_case):
+    """Accelerate turns on FSDP only for GPU-like devices: on CPU the shipped FSDP2 config would train with
+    plain DDP (and bf16 autocast), so rlheal refuses it rather than pretend to shard."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: FSDP runs")
+    root, _ = sft_case
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(TESTS.parent / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+                           "--main_process_port", str(free_port()), "-m", "rlheal", "sft", "--config", "two.yaml",
+                           "--out", "fsdp", "--quiet"], cwd=root, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "error: FSDP was asked for on a machine without a GPU" in done.stderr
+    assert not (root / "fsdp").exists()

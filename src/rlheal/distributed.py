@@ -31,11 +31,16 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------------------------
 # Process group
 # --------------------------------------------------------------------------------------------------------------
+class LaunchError(RuntimeError):
+    """A launch that cannot run as asked on this machine; the message says what to launch instead."""
+
+
 def ensure_process_group() -> tuple[int, int]:
     """(rank, world size); when WORLD_SIZE > 1 and no group exists yet, sets up Accelerate's process state from
     the launcher's environment: nccl on CUDA; without a GPU gloo and Accelerate's MULTI_CPU, which Accelerate
     chooses only with ACCELERATE_USE_CPU set (`accelerate launch --cpu` starts one process unless under MPI),
-    so it is set here for the trainers built later. Single process: (0, 1)."""
+    so it is set here for the trainers built later. An FSDP launch without a GPU is a LaunchError: Accelerate
+    turns on FSDP only for GPU-like devices, so it would train with plain DDP. Single process: (0, 1)."""
     import torch
     import torch.distributed as dist
 
@@ -44,6 +49,10 @@ def ensure_process_group() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
+        if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+            raise LaunchError("FSDP was asked for on a machine without a GPU, where Accelerate does not shard and "
+                              "would train with plain DDP instead: launch with --multi_gpu (DDP over gloo) on CPU, "
+                              "or run the FSDP config on GPUs")
         if not torch.cuda.is_available():  # read by Accelerator() and by TrainingArguments, which rebuilds the state
             os.environ["ACCELERATE_USE_CPU"] = "true"
         state = PartialState(cpu=not torch.cuda.is_available(), timeout=collective_timeout())
