@@ -66,6 +66,14 @@ echo "== gpu_spectral ($(left) s left)"
 timeout "${GPU_SESSION_SPECTRAL_TIMEOUT:-300}" $PY benchmarks/gpu_spectral.py $SPECTRAL_ARGS 2>&1 \
   | tee "$OUT/gpu_spectral.log"
 
+echo "== ZeRO-3 SFT, one process per GPU ($(left) s left; needs deepspeed, skipped without it)"
+if $PY -c "import deepspeed" 2>/dev/null && [ -z "${GPU_SESSION_SMOKE:-}" ]; then
+  timeout 240 $PY -m accelerate.commands.launch --config_file configs/accelerate/deepspeed_zero3.yaml \
+    --num_processes "$($PY -c 'import torch; print(torch.cuda.device_count())')" -m rlheal sft \
+    --config configs/quick.yaml --set bf16=true --out runs/gpu-session/zero3 >"$OUT/zero3.log" 2>&1
+  echo "exit $? (log: zero3.log)"; tail -3 "$OUT/zero3.log"
+fi
+
 echo "== studies ($(left) s left): $STUDIES"
 mkdir -p runs/gpu-session
 n=$(echo "$STUDIES" | tr ';' '\n' | grep -c .)

@@ -143,3 +143,24 @@ def test_delete_removes_only_the_rows_named(tmp_path):
         assert [r["checkpoint"] for r in store.rows(PATHS)] == [str(tmp_path / "b")]
         with pytest.raises(ValueError, match="at least one"):
             store.delete(PATHS)
+
+
+def _open_at_once(barrier, folder) -> None:
+    barrier.wait()
+    Store(folder).close()
+
+
+def test_processes_opening_a_new_store_at_once_all_open_it(tmp_path):
+    """Every rank of a launched run opens the new store together; one switching it to WAL must not make
+    another fail with `database is locked` (it did for about one pair in six)."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    for i in range(30):
+        barrier = fork.Barrier(2)
+        openers = [fork.Process(target=_open_at_once, args=(barrier, tmp_path / str(i))) for _ in range(2)]
+        for p in openers:
+            p.start()
+        for p in openers:
+            p.join(timeout=60)
+        assert [p.exitcode for p in openers] == [0, 0], f"pair {i}"

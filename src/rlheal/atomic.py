@@ -87,8 +87,13 @@ def clean_stale(root: str | Path) -> list[Path]:
     """Remove the temporaries that killed writes left under `root` (links are not followed) and return them:
     `.tmp` files and `.partial` folders, and `.NAME.old` folders, which are put back as NAME when a kill
     came between the two renames of a replacement. Call it only while holding the folder's lock
-    (`rlheal.lock`): a live writer's temporaries look the same."""
+    (`rlheal.lock`): a live writer's temporaries look the same. Under a launcher only rank 0 cleans (it holds
+    the lock); the other ranks return [] at once."""
+    from rlheal.lock import launched_rank
+
     removed: list[Path] = []
+    if launched_rank() != 0:
+        return removed
     for folder, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
             path = Path(folder) / name

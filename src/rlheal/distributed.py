@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,21 +31,41 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------------------------
 # Process group
 # --------------------------------------------------------------------------------------------------------------
+class LaunchError(RuntimeError):
+    """A launch that cannot run as asked on this machine; the message says what to launch instead."""
+
+
 def ensure_process_group() -> tuple[int, int]:
-    """(rank, world size); initialises torch.distributed from the launcher's environment when WORLD_SIZE > 1
-    and no group exists yet (gloo on CPU, nccl on CUDA). Single process: (0, 1)."""
+    """(rank, world size); when WORLD_SIZE > 1 and no group exists yet, sets up Accelerate's process state from
+    the launcher's environment: nccl on CUDA; without a GPU gloo and Accelerate's MULTI_CPU, which Accelerate
+    chooses only with ACCELERATE_USE_CPU set (`accelerate launch --cpu` starts one process unless under MPI),
+    so it is set here for the trainers built later. An FSDP launch without a GPU is a LaunchError: Accelerate
+    turns on FSDP only for GPU-like devices, so it would train with plain DDP. Single process: (0, 1)."""
     import torch
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
-        return dist.get_rank(), dist.get_world_size()
+        from accelerate import PartialState
+
+        if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+            raise LaunchError("FSDP was asked for on a machine without a GPU, where Accelerate does not shard and "
+                              "would train with plain DDP instead: launch with --multi_gpu (DDP over gloo) on CPU, "
+                              "or run the FSDP config on GPUs")
+        if not torch.cuda.is_available():  # read by Accelerator() and by TrainingArguments, which rebuilds the state
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+        state = PartialState(cpu=not torch.cuda.is_available(), timeout=collective_timeout())
+        return state.process_index, state.num_processes
     return 0, 1
+
+
+def collective_timeout() -> Any:
+    """How long a collective waits for the other processes before it fails (RLHEAL_COLLECTIVE_TIMEOUT seconds,
+    default 1800): a process whose peer was killed stops with an error instead of hanging."""
+    from datetime import timedelta
+
+    return timedelta(seconds=float(os.environ.get("RLHEAL_COLLECTIVE_TIMEOUT", "1800")))
 
 
 def shard(items: Sequence[T], rank: int, world: int, *, strided: bool = False) -> list[T]:
@@ -96,6 +116,37 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def main_view(value: Any) -> Any:
+    """Rank 0's `value` (JSON-serialisable) on every rank, once rank 0 has computed it: what rank 0 wrote before
+    is there for the others to read. Single process: `value` through JSON."""
+    return gather_json(value)[0]
+
+
+class MainProcessError(RuntimeError):
+    """Raised on the other ranks when work that rank 0 did alone (`on_main`) failed; names rank 0's error."""
+
+
+def on_main(work: Callable[..., Any], *args: Any) -> Any:
+    """`work(*args)` on rank 0 alone while the other ranks wait; every rank returns its result through JSON (it must
+    be JSON-serialisable; a single process gets the same round trip). When `work` raises, rank 0 raises its
+    error and the others MainProcessError with its message, so no rank waits for a failed one. Call it on
+    every rank."""
+    rank, world = ensure_process_group()
+    if world == 1:
+        return json.loads(json.dumps(work(*args)))
+    outcome = None
+    if rank == 0:
+        try:
+            outcome = json.loads(json.dumps({"value": work(*args)}))
+        except Exception as exc:
+            gather_json({"error": f"{type(exc).__name__}: {exc}"})
+            raise
+    got = gather_json(outcome)[0]
+    if "error" in got:
+        raise MainProcessError(f"rank 0 failed, so this rank stops: {got['error']}")
+    return got["value"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -152,6 +203,8 @@ def distributed_evaluate(
     batch_size: int = 16,
     max_attempts: int | None = None,
     load_backend: LoadBackend | None = None,
+    on_row: Any = None,
+    samples: Any = None,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """`rlheal.evaluate.evaluate` with the episodes of each (checkpoint, task, split) split across processes.
@@ -159,7 +212,8 @@ def distributed_evaluate(
     Every rank loads each checkpoint that has missing rows (rank 0 decides which, from its store) with
     `load_backend` (default: `hf_backend_loader(batch_size)`, on this rank's GPU under a launcher), plays its
     shard of the eval set, and the episodes are gathered; rank 0 turns them into rows with `evaluate` (one
-    store, written by rank 0 only). Returns the rows of all combinations on every rank. Call it on every rank.
+    store, written by rank 0 only; `on_row` and `samples` act there). Returns the rows of all combinations on
+    every rank. Call it on every rank.
     """
     from rlheal.evaluate import check_settings, eval_set_id, get_tasks, hf_backend_loader
     from rlheal.models.checkpoint import check_checkpoint
@@ -206,12 +260,19 @@ def distributed_evaluate(
             replays[record["checkpoint"]].record(record["turns"], record["stopped"])
         rows = evaluate(db, folders, task_objs, splits, episodes=episodes, seed=seed, profile=profile,
                         decoding=decoding, max_attempts=max_attempts, show_progress=show_progress,
-                        load_backend=lambda folder: replays[str(folder)])
+                        on_row=on_row, samples=samples, load_backend=lambda folder: replays[str(folder)])
         if not isinstance(store, Store):
             db.close()
     return gather_json(rows)[0]
 
 
+def evaluate_launched(store: Store, checkpoints: Sequence[str | Path], tasks: Sequence[str | Task],
+                      splits: Sequence[str] = SPLITS, **options: Any) -> list[dict[str, Any]]:
+    """`evaluate` (options as there) in a single process; `distributed_evaluate` when launched on several
+    (WORLD_SIZE > 1), where `store` is written by rank 0 only. Call it on every rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return distributed_evaluate(store, checkpoints, tasks, splits, **options)
+    return evaluate(store, checkpoints, tasks, splits, **options)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -34,11 +34,20 @@ def _holder(fd: int) -> str:
         return "a process that has not said who it is yet"
 
 
+def launched_rank() -> int:
+    """This process's global rank under a launcher (`torchrun`, `accelerate launch`: the RANK variable), else 0."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @contextmanager
 def run_lock(folder: str | Path) -> Iterator[Path]:
-    """Hold the lock of run folder `folder` (created if missing) for the block; yields the folder."""
+    """Hold the lock of run folder `folder` (created if missing) for the block; yields the folder. Under a
+    launcher the main process (rank 0) holds it for all ranks, which take none: they work in the same folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if launched_rank() != 0:
+        yield folder
+        return
     path = folder.resolve() / LOCK_FILE
     if path in _held:
         _held[path] += 1

@@ -29,13 +29,16 @@ class Decoding:
     """How completions are drawn. temperature 0 = greedy (top_p and seed then play no part).
 
     With temperature > 0, round r of `play` samples with seed `round_seed(seed, r)`, so the same seed, batch
-    size and episodes give the same samples.
+    size and episodes give the same samples. `episode_offset` numbers the episodes of a `play` call from there
+    in the episode engine's sampling keys: a process that plays episodes i.. of a larger batch (`offset = i`)
+    draws the tokens one process playing the whole batch would. It takes no part in `as_dict` or `tag`.
     """
 
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+    episode_offset: int = 0
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -44,13 +47,17 @@ class Decoding:
             raise ValueError(f"decoding top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"decoding max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.episode_offset < 0:
+            raise ValueError(f"decoding episode_offset must be >= 0, got {self.episode_offset}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["episode_offset"]  # where a process's share starts, not how completions are drawn
+        return data
 
     def tag(self) -> str:
         """A short readable id, e.g. `greedy-m256` or `t0.7-p0.95-m256-s3`."""

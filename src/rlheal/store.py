@@ -21,6 +21,7 @@ import json
 import numbers
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ class Store:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._conn = sqlite3.connect(self.path, timeout=60.0)
-                self._conn.execute("PRAGMA journal_mode=WAL")
+                _write_ahead_log(self._conn)
                 self._conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -273,6 +274,21 @@ class Store:
         """Whether no table of the store holds a row."""
         return not any(self._conn.execute('SELECT 1 FROM "{}" LIMIT 1'.format(name.replace('"', '""'))).fetchone()
                        for name in self.tables())
+
+
+def _write_ahead_log(conn: sqlite3.Connection, wait: float = 60.0) -> None:
+    """Put the store in WAL mode. Processes that open a new store at the same moment (the ranks of a launched
+    run) find it locked while one of them switches its mode, and SQLite's busy timeout does not wait for that:
+    wait here, up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:

@@ -7,6 +7,12 @@ made in it yet (a first stage that failed): then the corrected config takes it o
 is found before the folder is claimed; a claimed folder is locked (`rlheal.lock`), cleared of the
 temporaries of killed writes, and its checkpoints are verified against their manifests (`rlheal.integrity`).
 Each finished stage is reported to `on_stage_done(name, seconds, detail)` (the command line prints it).
+
+Under a launcher (`accelerate launch`, `torchrun`) every process runs the study: training and evaluation are
+shared (`rlheal.distributed`, the trainers), spectral analysis is split by layers, and what one process does
+alone (claiming and checking the folder, the base link, alignment, edits, the report, the log) rank 0 does
+while the others wait; rank 0 alone writes, and alone reports finished stages. Every decision read from the
+store or the folders is rank 0's view, so the processes never take different paths.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from rlheal.atomic import write_text
 from rlheal.config import StudyConfig
+from rlheal.distributed import main_view, on_main
 from rlheal.provenance import environment
 from rlheal.report.findings import selection_success
 from rlheal.samples import SampleLog
@@ -222,13 +229,16 @@ class Study:
     def __init__(self, cfg: StudyConfig, out: Path, progress: bool = True,
                  on_stage: Callable[[str], None] | None = None, on_stage_done: StageDone | None = None,
                  samples: bool = False, trackers: Trackers | None = None) -> None:
+        from rlheal.distributed import ensure_process_group
+
         self.cfg = cfg
-        self.run = claim_run_folder(Path(out), cfg)
-        self.progress = progress
+        self.run = Run(Path(on_main(lambda: str(claim_run_folder(Path(out), cfg).root))))
+        self.main = ensure_process_group()[0] == 0
+        self.progress = progress and self.main
         self.on_stage = on_stage or (lambda name: None)
-        self.on_stage_done = on_stage_done or (lambda name, seconds, detail: None)
+        self.on_stage_done = on_stage_done if on_stage_done and self.main else (lambda name, seconds, detail: None)
         self.samples = samples
-        self.trackers = trackers or Trackers([], self.run.root)
+        self.trackers = trackers if trackers is not None and self.main else Trackers([], self.run.root)
         self.store = Store(self.run.root)
 
     # --- stages ----------------------------------------------------------------------------------
@@ -255,10 +265,10 @@ class Study:
 
     def evaluate(self, checkpoints: Sequence[Path]) -> tuple[int, int]:
         """Evaluate `checkpoints` on the study's eval sets; returns (rows in all, rows computed now)."""
-        from rlheal.evaluate import evaluate
+        from rlheal.distributed import evaluate_launched
 
         e, new = self.cfg.eval, []
-        rows = evaluate(self.store, list(checkpoints), self.cfg.tasks, self.cfg.splits, episodes=e.episodes,
+        rows = evaluate_launched(self.store, list(checkpoints), self.cfg.tasks, self.cfg.splits, episodes=e.episodes,
                         seed=e.seed, profile=self.cfg.profile, batch_size=e.batch_size, max_attempts=e.max_attempts,
                         decoding=self._decoding(), show_progress=self.progress, samples=self._samples("eval"),
                         on_row=lambda row: (new.append(row), self.trackers.log_eval_row(row)))
@@ -324,20 +334,19 @@ class Study:
         return folders
 
     def spectrum(self, targets: Sequence[Path], references: dict[str, Path]) -> int:
-        from rlheal.spectral.metrics import SPECTRAL, SPECTRAL_SIGMA
-        from rlheal.spectral.sweep import run_spectrum
+        """Spectral rows of each (reference, target) pair the store lacks, the layers split across processes."""
+        from rlheal.distributed import distributed_spectrum
+        from rlheal.spectral.metrics import SPECTRAL
 
         sp = self.cfg.spectral
         unique = {Path(ref).resolve(): ref for ref in references.values()}  # the OOD peak may be the base
-        pairs = [(ref, t) for ref in unique.values() for t in targets
-                 if Path(ref).resolve() != Path(t).resolve()
-                 and not self.store.has(SPECTRAL, target=str(Path(t).resolve()), reference=str(Path(ref).resolve()))]
+        pairs = main_view([(str(ref), str(t)) for ref in unique.values() for t in targets
+                           if Path(ref).resolve() != Path(t).resolve() and not self.store.has(
+                               SPECTRAL, target=str(Path(t).resolve()), reference=str(Path(ref).resolve()))])
         if not pairs:
             return 0
-        rows, sigma_rows = run_spectrum(pairs, ks=sp.k, modules=sp.modules, progress=self.progress)
-        with self.store.transaction():
-            self.store.put(SPECTRAL_SIGMA, sigma_rows)
-            self.store.put(SPECTRAL, rows)
+        rows, _ = distributed_spectrum([tuple(p) for p in pairs], ks=sp.k, modules=sp.modules, store=self.store,
+                                       progress=self.progress)
         return len(rows)
 
     def align(self, rl_folders: Sequence[Path], peak: Path) -> int:
@@ -386,16 +395,17 @@ class Study:
         log.info("study in %s, config fingerprint %s", self.run.root, self.cfg.fingerprint())
 
         with self._stage("base") as note:
-            base = self.base()
+            base = Path(on_main(lambda: str(self.base())))
             note.detail = self.cfg.model
         with self._stage("sft") as note:
-            sft_folders = {read_manifest(p).step: p for p in self.sft(base)}
-            sft_folders = {read_manifest(p).step: p for p in find_checkpoints([self.run.sft])} | sft_folders
+            made = self.sft(base)
+            found = main_view([str(p) for p in [*find_checkpoints([self.run.sft]), *made]])
+            sft_folders = {read_manifest(p).step: p for p in map(Path, found)}  # made last: they win
             note.detail = f"{len(sft_folders)} checkpoints, steps {min(sft_folders)}–{max(sft_folders)}"
         with self._stage("eval-sft") as note:
             note.detail = _evaluated(*self.evaluate(sorted(sft_folders.values(), key=lambda p: read_manifest(p).step)))
-        sft_rows = [r for t in self.cfg.tasks for r in self.store.rows(EVALS, stage="sft", task=t,
-                                                                       eval_set=self.eval_set(t))]
+        sft_rows = main_view([r for t in self.cfg.tasks for r in self.store.rows(EVALS, stage="sft", task=t,
+                                                                                 eval_set=self.eval_set(t))])
 
         rl_folders: list[Path] = []
         with self._stage("rl") as note:
@@ -405,7 +415,7 @@ class Study:
                 steps = [read_manifest(s).step for s in starts]
                 log.info("RL starts for %s: %s", task, steps)
                 started_from += steps
-                rl_folders += self.rl(task, starts)
+                rl_folders += map(Path, main_view([str(f) for f in self.rl(task, starts)]))
             note.detail = (f"{self.cfg.rl.algo} from SFT steps {', '.join(map(str, started_from))}"
                            if started_from else "no start")
         with self._stage("eval-rl") as note:
@@ -413,7 +423,7 @@ class Study:
 
         with self._stage("spectrum") as note:
             last = sft_folders[max(sft_folders)]
-            peak_row = ood_peak(self.store, self.cfg.tasks[0], eval_set=self.eval_set(self.cfg.tasks[0]))
+            peak_row = main_view(ood_peak(self.store, self.cfg.tasks[0], eval_set=self.eval_set(self.cfg.tasks[0])))
             peak = Path(peak_row["checkpoint"]) if peak_row else last
             references = {}
             if "base" in self.cfg.spectral.references:
@@ -423,11 +433,12 @@ class Study:
             targets = [sft_folders[s] for s in sorted(sft_folders)]
             if self.cfg.spectral.targets == "sft+rl":
                 targets += rl_folders
-            rows, aligned = self.spectrum(targets, references), self.align(rl_folders, peak)
+            rows, aligned = self.spectrum(targets, references), on_main(lambda: self.align(rl_folders, peak))
             note.detail = f"{rows} new spectral rows, {aligned} new alignment rows"
 
         with self._stage("edits") as note:
-            edit_folders = self.edits(peak, last) if Path(peak).resolve() != Path(last).resolve() else []
+            edit_folders = ([Path(f) for f in on_main(lambda: [str(f) for f in self.edits(peak, last)])]
+                            if Path(peak).resolve() != Path(last).resolve() else [])
             note.detail = (f"{len(edit_folders)} edits of {read_manifest(last).label} toward the OOD peak "
                            f"{read_manifest(peak).label}" if edit_folders else
                            "none: the OOD peak is the last SFT checkpoint, so there is no forgetting to undo")
@@ -435,7 +446,7 @@ class Study:
             note.detail = _evaluated(*self.evaluate(edit_folders))
 
         with self._stage("report") as note:
-            report = build_report(self.run.root)
+            report = Path(on_main(lambda: str(build_report(self.run.root))))
             note.detail = str(report)
         log.info("study finished in %.0f s; report at %s", time.perf_counter() - started, report)
         return report
@@ -462,18 +473,17 @@ def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True,
     """Run (or finish) the study of `cfg` in `out`; returns the report's path. StudyError for a config that
     cannot run, RunLockedError while another process holds `out`. `samples` and `report_to`: see `Study`
     and `rlheal.tracking`."""
-    from rlheal.atomic import clean_stale
     from rlheal.integrity import forget_damaged
-    from rlheal.lock import run_lock
+    from rlheal.lock import launched_rank, run_lock
 
     check_before_claiming(cfg)
     with run_lock(out):
-        clean_stale(out)
-        run = claim_run_folder(Path(out), cfg)
-        handler = _setup_logging(run)
+        run = Run(Path(on_main(_open_run, str(out), cfg)))
+        main = launched_rank() == 0
+        handler = _setup_logging(run) if main else logging.NullHandler()
         try:
-            forget_damaged(run.root)
-            trackers = Trackers(report_to, run.root)
+            on_main(lambda: len(forget_damaged(run.root)))
+            trackers = Trackers(report_to if main else (), run.root)
             study = Study(cfg, run.root, progress=progress, on_stage=on_stage, on_stage_done=on_stage_done,
                           samples=samples, trackers=trackers)
             try:
@@ -484,3 +494,12 @@ def run_study(cfg: StudyConfig, out: str | Path, progress: bool = True,
         finally:
             logging.getLogger("rlheal").removeHandler(handler)
             handler.close()
+
+
+def _open_run(out: str, cfg: StudyConfig) -> str:
+    """Clear the temporaries of killed writes from run folder `out` and claim it for `cfg` (rank 0's part of
+    opening it, under its lock); returns the folder."""
+    from rlheal.atomic import clean_stale
+
+    clean_stale(out)
+    return str(claim_run_folder(Path(out), cfg).root)

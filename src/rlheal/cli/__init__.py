@@ -4,6 +4,7 @@ commands so that `rlheal --help` stays fast. `main` also puts a usage error on o
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -51,6 +52,14 @@ def main(args: list[str] | None = None) -> None:
     status 2) is one line naming the `--help` to read."""
     from rlheal.cli.common import CLICK_ERROR, USAGE_ERROR, one_line
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched on several processes: join them first
+        from rlheal.distributed import LaunchError, ensure_process_group
+
+        try:
+            ensure_process_group()
+        except LaunchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
     try:
         code = app(args=args, prog_name="rlheal", standalone_mode=False)
     except USAGE_ERROR as exc:

@@ -33,6 +33,7 @@ def study(
 
     One line per finished stage with its time; a short summary at the end; the report in RUN/report.html."""
     from rlheal.config import load_config
+    from rlheal.lock import launched_rank
     from rlheal.progress import duration, note, stage_line
     from rlheal.report.summary import summary_lines
     from rlheal.study import run_study
@@ -41,10 +42,15 @@ def study(
     trackers = parse_report_to(report_to)
     cfg = load_config(config, seed=seed, overrides=parse_overrides(settings or [], example="sft.n_train=500"))
     out = out or Path("runs") / f"study-{cfg.fingerprint()[:8]}"
-    note(f"rlheal study: config {config or 'built-in default'}, model {cfg.model}, seed {cfg.seed}, run folder {out}")
+    main = launched_rank() == 0  # under a launcher rank 0 alone speaks
+    if main:
+        note(f"rlheal study: config {config or 'built-in default'}, model {cfg.model}, seed {cfg.seed}, "
+             f"run folder {out}")
     began = time.perf_counter()
     report_path = run_study(cfg, out, progress=show_bars(), samples=log_samples, report_to=trackers,
                             on_stage_done=lambda name, seconds, detail: note(stage_line(name, seconds, detail)))
+    if not main:
+        return
     for line in summary_lines(out):
         typer.echo(line)
     typer.echo(f"done in {duration(time.perf_counter() - began)}: report at {report_path}")

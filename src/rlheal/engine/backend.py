@@ -214,7 +214,8 @@ class _Run:
         keys = None
         if not self.decoding.greedy:
             as_tensor = lambda xs: torch.tensor(xs, dtype=torch.int64, device=logits.device)  # noqa: E731
-            keys = row_keys(self.decoding.seed, as_tensor([self.slots[i].episode for i in rows]),
+            keys = row_keys(self.decoding.seed, as_tensor([self.decoding.episode_offset + self.slots[i].episode
+                                                           for i in rows]),
                             as_tensor([self.slots[i].attempt for i in rows]),
                             as_tensor([len(self.slots[i].completion) for i in rows]))
         tokens = choose_tokens(logits, temperature=self.decoding.temperature, top_p=self.decoding.top_p,

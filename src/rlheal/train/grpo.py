@@ -147,10 +147,12 @@ def train_grpo(
     def rollout(prompts: list[list[dict[str, str]]], trainer: GRPOTrainer) -> dict[str, list]:
         backend = model_backend(trainer.accelerator.unwrap_model(trainer.model), tokenizer,
                                 batch_size=config.rollout_batch_size, name=str(start))
-        seed = (config.seed * 1_000_003 + done + state["calls"]) * trainer.accelerator.num_processes \
-            + trainer.accelerator.process_index
+        # this process's prompts are its contiguous block of the rollout's batch (Accelerate's batch sharding):
+        # keyed by their places in the whole batch, the episodes are those one process would play
+        seed = config.seed * 1_000_003 + done + state["calls"]
         state["calls"] += 1
-        decoding = Decoding(temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=seed)
+        decoding = Decoding(temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=seed,
+                            episode_offset=trainer.accelerator.process_index * len(prompts))
         played = play(task, [by_prompt[p[-1]["content"]] for p in prompts], backend,
                       max_attempts=config.max_attempts, decoding=decoding)
         state["played"] = played

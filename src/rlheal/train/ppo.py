@@ -23,8 +23,12 @@ One update:
 A batch where every attempt got the same reward (e.g. a checkpoint whose answers never parse) carries no
 learning signal: the update is recorded with `no_signal = True` and no optimiser step is taken.
 
-Built on Accelerate: `accelerate launch -m rlheal ...` runs one rollout per process (each on its own slice of
-problems) and DDP-averaged gradients; a single CPU process needs no configuration. Checkpoints are plain HF
+Built on Accelerate: under `accelerate launch -m rlheal ...` each process plays its contiguous share of each
+update's episodes (sampling keyed by the episode's place in the whole batch, so the episodes are those of one
+process); rewards, advantage statistics and minibatches are taken over the whole batch (`GlobalBatch`), and
+each process weighs its steps' share of every minibatch mean so that the DDP-averaged gradient is the one
+process's gradient: N processes train as one process on the same `episodes_per_update` would, up to
+floating-point summation order. Only the main process writes. A single CPU process needs no configuration. Checkpoints are plain HF
 folders (`step-000010/`) with an rlheal manifest (stage "rl", parent = the starting checkpoint) and
 `value_head.safetensors`; training resumes from the latest one (with a fresh optimiser state) when it was
 trained with the same settings (only `updates` and `save_every` may change), and refuses otherwise.
@@ -125,8 +129,8 @@ class PPOConfig(RLSettings):
     clip: float = Field(0.1, gt=0.0, lt=1.0, description="PPO ratio clip ε")
     value_clip: float | None = Field(1.0, gt=0.0, description="value clip, in reward units; None = unclipped")
     epochs: int = Field(4, ge=1, description="passes over each rollout")
-    minibatch_size: int = Field(16, ge=1, description="steps (attempts) per minibatch, per process; minibatches "
-                                "hold whole episodes, about this many steps each")
+    minibatch_size: int = Field(16, ge=1, description="steps (attempts) per minibatch, over all processes; "
+                                "minibatches hold whole episodes, about this many steps each")
     lr: float = Field(1e-5, gt=0.0, description="AdamW learning rate of the model (paper: 1e-6 for 7-11B models)")
     value_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the value head")
     value_warmup: int = Field(5, ge=0, description="first updates that train the value head alone (the model "
@@ -245,6 +249,55 @@ def episode_chunks(steps: Steps, max_steps: int) -> list[list[int]]:
             groups.append([e])
             count = size
     return groups
+
+
+@dataclass
+class GlobalBatch:
+    """What every process knows of an update's whole batch (all processes' steps, in rank order): the step
+    count and completion tokens of each episode and every reward, and where this process's episodes and steps
+    lie in it. Minibatches are drawn over the whole batch, so several processes take the optimiser steps one
+    process would on the same batch."""
+
+    episode_steps: list[int]
+    episode_tokens: list[int]
+    rewards: list[float]
+    first_episode: int
+    first_step: int
+    n_local_episodes: int
+
+    @classmethod
+    def gather(cls, steps: Steps, first_episode: int, rank: int) -> GlobalBatch:
+        """Gather `steps` (this process's, its episodes numbered from `first_episode` in the batch) from all
+        processes; call it on every process."""
+        from accelerate.utils import gather_object
+
+        sizes = [steps.episode.count(e) for e in range(steps.n_episodes)]
+        tokens = [sum(n for n, e in zip(steps.completion_lens, steps.episode, strict=True) if e == i)
+                  for i in range(steps.n_episodes)]
+        parts = gather_object([(sizes, tokens, steps.rewards)])
+        first_step = sum(len(p[2]) for p in parts[:rank])
+        return cls([n for p in parts for n in p[0]], [n for p in parts for n in p[1]],
+                   [r for p in parts for r in p[2]], first_episode, first_step, steps.n_episodes)
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_steps)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.rewards)
+
+    def mine(self, values: Any) -> Any:
+        """This process's part of a per-step sequence over the whole batch."""
+        return values[self.first_step:self.first_step + sum(self.episode_steps[self.first_episode:
+                                                                                  self.first_episode + self.n_local_episodes])]
+
+    def minibatch(self, episodes: Sequence[int]) -> tuple[list[int], int, int]:
+        """(this process's episodes among `episodes`, numbered locally; the steps and the completion tokens of
+        all of `episodes`)."""
+        local = [e - self.first_episode for e in episodes
+                 if self.first_episode <= e < self.first_episode + self.n_local_episodes]
+        return (local, sum(self.episode_steps[e] for e in episodes), sum(self.episode_tokens[e] for e in episodes))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -401,6 +454,7 @@ def train_ppo(
     from accelerate.utils import gather_object
     from rich.console import Console
 
+    from rlheal.distributed import shard
     from rlheal.engine import model_backend
     from rlheal.models.checkpoint import Manifest, check_checkpoint, load_model, read_manifest, save_model
     from rlheal.progress import bar
@@ -453,7 +507,10 @@ def train_ppo(
     policy = accelerator.unwrap_model(actor_critic)
     backend = model_backend(policy.model, tokenizer, batch_size=config.rollout_batch_size, name=str(resume or start))
     device, n_proc, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    local_episodes = _share(config.episodes_per_update, n_proc, rank)
+    if config.episodes_per_update < n_proc:
+        raise ValueError(f"episodes_per_update ({config.episodes_per_update}) must be at least the number of "
+                         f"processes ({n_proc}): every process plays a share of each update's episodes")
+    mine = shard(range(config.episodes_per_update), rank, n_proc)  # this process's episodes of each update
     console = Console(stderr=True)
     rows: list[dict[str, Any]] = []
 
@@ -463,15 +520,15 @@ def train_ppo(
             began = time.perf_counter()
             # 1. rollout --------------------------------------------------------------------------------------
             actor_critic.eval()
-            offset = (update - 1) * config.episodes_per_update + sum(
-                _share(config.episodes_per_update, n_proc, r) for r in range(rank))
-            problems = task.problems("id", config.seed, local_episodes, start=offset)
+            problems = task.problems("id", config.seed, len(mine),
+                                     start=(update - 1) * config.episodes_per_update + mine[0])
             decoding = Decoding(temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                                seed=(config.seed * 1_000_003 + update) * n_proc + rank)
+                                seed=config.seed * 1_000_003 + update, episode_offset=mine[0])
             played = play(task, problems, backend, max_attempts=config.max_attempts, decoding=decoding)
             if on_played is not None and accelerator.is_main_process:
                 on_played(update, played)
             steps = flatten_episodes(played)
+            batch = GlobalBatch.gather(steps, mine[0], rank)
 
             # 2. score with the policy before the update (and the frozen start): one pass per episode's chat -----
             old_logp, old_values, kl_seq, entropy_sum, n_tokens = [], [], [], 0.0, 0
@@ -491,51 +548,55 @@ def train_ppo(
             kl_seq = torch.cat(kl_seq) if kl_seq else None
 
             # 3. rewards (shuffled in the control arm) − KL penalty → turn-level GAE → normalised advantages --
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + update * 97 + rank)
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + update * 97)  # the same on all ranks
+            all_rewards = batch.rewards
             rewards = torch.tensor(steps.rewards, dtype=torch.float32, device=device)
-            if config.control:
-                rewards = shuffled(rewards, generator)
+            if config.control:  # shuffled across the whole batch, then each process takes its steps back
+                rewards = batch.mine(shuffled(torch.tensor(all_rewards, dtype=torch.float32), generator)).to(device)
             if kl_coef > 0:
                 rewards = rewards - kl_coef * kl_seq
             dones = torch.tensor(steps.dones, dtype=torch.bool, device=device)
             advantages, returns = turn_gae(rewards, old_values, dones, config.gamma, config.lam)
             all_values, all_returns = gather_object(old_values.tolist()), gather_object(returns.tolist())
-            all_rewards = gather_object(steps.rewards)
             all_advantages = gather_object(advantages.tolist())
             no_signal = len(set(all_rewards)) < 2
             normed, has_spread = normalize_advantages(advantages, torch.tensor(all_advantages, device=device))
             no_signal = no_signal or not has_spread
 
             # 4. epochs of clipped PPO on shuffled minibatches of whole episodes -------------------------------
-            losses: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": []}
+            losses: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": []}  # my shares
             warming_up = update <= config.value_warmup  # the critic alone: the model's learning rate is 0
             optimizer.param_groups[0]["lr"] = 0.0 if warming_up else config.lr
             if not no_signal:
                 actor_critic.train()
-                wanted = min(steps.n_episodes, math.ceil(len(steps) / config.minibatch_size))
-                n_minibatches = int(accelerator.gather(torch.tensor([wanted], device=device)).max())
+                n_minibatches = min(batch.n_episodes, math.ceil(batch.n_steps / config.minibatch_size))
                 for _ in range(config.epochs):
-                    for episodes in minibatch_indices(steps.n_episodes, n_minibatches, generator):
-                        chosen = steps.of_episodes(episodes.tolist())
+                    for episodes in minibatch_indices(batch.n_episodes, n_minibatches, generator):
+                        local, n_steps, n_tokens_mb = batch.minibatch(episodes.tolist())
+                        # my steps' share of the minibatch means, times the processes (DDP averages gradients):
+                        # the all-reduced gradient is that of one process on the whole minibatch
+                        chosen = steps.of_episodes(local or [0])  # no episode here: a zero-weight pass
+                        weight = len(steps.of_episodes(local)) / n_steps
                         logp, values, _, entropy, mask = score_steps(
                             actor_critic, steps, chosen, pad_id, config.temperature, device)
                         idx = torch.tensor(chosen, device=device)
                         policy_loss, clip_frac = clipped_surrogate(logp, old_logp[idx], normed[idx], config.clip)
                         value_loss = clipped_value_loss(values, old_values[idx], returns[idx], config.value_clip)
-                        mean_entropy = entropy.sum() / mask.sum().clamp(min=1)
-                        loss = config.value_coef * value_loss
+                        entropy_share = entropy.sum() / n_tokens_mb if local else entropy.sum() * 0
+                        loss = config.value_coef * value_loss * weight
                         if not warming_up:
-                            loss = loss + policy_loss - config.entropy_coef * mean_entropy
+                            loss = loss + policy_loss * weight - config.entropy_coef * entropy_share
                         optimizer.zero_grad(set_to_none=True)
-                        accelerator.backward(loss)
+                        accelerator.backward(loss * n_proc)
                         accelerator.clip_grad_norm_(actor_critic.parameters(), config.max_grad_norm)
                         optimizer.step()
-                        losses["policy_loss"].append(policy_loss.item())
-                        losses["value_loss"].append(value_loss.item())
-                        losses["clip_frac"].append(clip_frac.item())
+                        losses["policy_loss"].append(policy_loss.item() * weight)
+                        losses["value_loss"].append(value_loss.item() * weight)
+                        losses["clip_frac"].append(clip_frac.item() * weight)
 
             # 5. record and save --------------------------------------------------------------------------------
-            mean_loss = {k: _mean(gather_object(v)) for k, v in losses.items()}
+            mean_loss = {k: _mean([sum(shares) for shares in zip(*gather_object([v]), strict=True)])
+                         for k, v in losses.items()}
             token_stats = gather_object([(entropy_sum, n_tokens)])
             kl_values = gather_object(kl_seq.tolist()) if kl_seq is not None else []
             mean_kl = _mean(kl_values) if kl_values else None
@@ -595,15 +656,6 @@ def _step_of(folder: Path) -> int:
     from rlheal.models.checkpoint import read_manifest
 
     return read_manifest(folder).step
-
-
-def _share(total: int, parts: int, index: int) -> int:
-    """Part `index` of `total` split into `parts` near-equal integers (the first ones take the remainder)."""
-    return total // parts + (1 if index < total % parts else 0)
-
-
-def _chunks(n: int, size: int) -> list[list[int]]:
-    return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
 
 
 def _mean(values: Sequence[float]) -> float | None:

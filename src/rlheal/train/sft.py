@@ -336,6 +336,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
                                    for p in eval_problems(t, split, seed=cfg.loss_eval_seed, episodes=cfg.loss_eval_n)]
                  for t in tasks for split in ("id", "ood")}
     todo = [s for s in schedule if s not in saved or not _has_losses(store, step_folder(out, s), loss_sets)]
+    todo = _main_process_view(todo)
     if not todo:
         return [step_folder(out, s) for s in schedule]
 
@@ -430,6 +431,17 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
     if missing:
         raise CheckpointError(f"SFT ended without saving steps {missing} under {out / SFT_DIR}")
     return [step_folder(out, s) for s in schedule]
+
+
+def _main_process_view(todo: list[int]) -> list[int]:
+    """The steps still to do as the main process sees them, on every process (under a launcher the main
+    process may already be writing rows while another reads the store)."""
+    from accelerate import PartialState
+
+    from rlheal.distributed import gather_json
+
+    PartialState()  # sets up the process group of a launched run
+    return list(gather_json(todo)[0])
 
 
 def _has_losses(store: Store, folder: Path, loss_sets: dict[tuple[str, str], Any]) -> bool:

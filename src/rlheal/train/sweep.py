@@ -88,7 +88,7 @@ def run_sweep(
     the config's task name. `samples` receives the RL episodes, `eval_samples` the evaluation's;
     `trackers` the update and evaluation rows (GRPO reports through TRL to the same trackers).
     Returns `rl_summary` rows of the starts of this sweep."""
-    from rlheal.evaluate import evaluate
+    from rlheal.distributed import ensure_process_group, evaluate_launched, on_main
     from rlheal.progress import note
     from rlheal.rollout import Decoding
     from rlheal.train.grpo import train_grpo
@@ -99,6 +99,7 @@ def run_sweep(
     starts = select_starts(sft, steps)
     eval_task = task if task is not None else config.task
     trackers = trackers or Trackers([], run)
+    main = ensure_process_group()[0] == 0
     with Store(run) as store:
         for start in starts:
             out = rl_folder(run, start, config.arm)
@@ -109,10 +110,10 @@ def run_sweep(
             else:
                 result = train_grpo(start, out, config, store=store, task=task, show_progress=show_progress,
                                     report_to=trackers.report_to, on_played=on_played)
-            restore_updates(store, out, start)  # rows a lost or moved-aside store no longer holds
-            if result.no_signal:
+            on_main(restore_updates, store, out, start)  # rows a lost or moved-aside store no longer holds
+            if result.no_signal and main:
                 note(f"{start.name}: no learning signal (format rate {result.rows[-1]['format_rate']:.0%})")
-            evaluate(store, [start, *rl_checkpoints(out)], [eval_task], episodes=eval_episodes, seed=eval_seed,
+            evaluate_launched(store, [start, *rl_checkpoints(out)], [eval_task], episodes=eval_episodes, seed=eval_seed,
                      profile=config.profile,
                      max_attempts=config.max_attempts if eval_max_attempts is None else eval_max_attempts,
                      decoding=eval_decoding or Decoding(), show_progress=show_progress, samples=eval_samples,
