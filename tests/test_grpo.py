@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_ppo import DigitTask, NeverParsesTask, first_token_prob
+from test_ppo import NeverParsesTask, first_token_prob, train_on_digits
 
 from rlheal.rollout import Generation
-from rlheal.store import Store
 from rlheal.train.grpo import GRPOConfig, episode_tokens, train_grpo
-from rlheal.train.ppo import RL_UPDATES, ResumeError
+from rlheal.train.ppo import ResumeError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
@@ -64,10 +63,8 @@ def test_grpo_refuses_to_resume_checkpoints_of_other_settings(tmp_path, make_tin
 def test_grpo_raises_the_reward_of_the_favoured_answers(tmp_path, make_tiny_checkpoint):
     start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
     before = first_token_prob(start, "0123456789")
-    with Store(tmp_path) as store:
-        result = train_grpo(start, tmp_path / "rl", GRPOConfig(**TOY, updates=8, save_every=4), store=store,
-                            task=DigitTask(), show_progress=False)
-        rows = store.rows(RL_UPDATES)
+    result, rows = train_on_digits(train_grpo, start, tmp_path / "rl", GRPOConfig(**TOY, updates=8, save_every=4),
+                                   tmp_path)
     assert [p.name for p in result.checkpoints] == ["step-000004", "step-000008"]
     assert [r["update"] for r in rows] == list(range(1, 9)) and {r["algo"] for r in rows} == {"grpo"}
     assert first_token_prob(result.checkpoints[-1], "0123456789") > before + 0.3

@@ -73,6 +73,14 @@ def first_token_prob(folder, chars: str) -> float:
     return float(sum(probs[tokenizer.convert_tokens_to_ids(c)] for c in chars))
 
 
+def train_on_digits(train, start, out, config, store_folder):
+    """Train `train` (train_ppo or train_grpo) on the digit task from `start` into `out`, storing in
+    `store_folder`; (the result, the stored rl_updates rows)."""
+    with Store(store_folder) as store:
+        result = train(start, out, config, store=store, task=DigitTask(), show_progress=False)
+        return result, store.rows(RL_UPDATES)
+
+
 TOY = dict(task="digit", value_warmup=0, episodes_per_update=32, max_attempts=2, max_new_tokens=3, temperature=1.0, lr=1e-2,
            minibatch_size=16, epochs=4, seed=0)
 
@@ -205,10 +213,8 @@ def test_one_pass_scoring_equals_scoring_each_attempt_alone(tmp_path, make_tiny_
 def test_ppo_raises_the_reward_of_the_favoured_answers(tmp_path, make_tiny_checkpoint):
     start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
     digits_before = first_token_prob(start, "0123456789")
-    with Store(tmp_path) as store:
-        result = train_ppo(start, tmp_path / "rl", PPOConfig(**TOY, updates=4, save_every=2), store=store,
-                           task=DigitTask(), show_progress=False)
-        rows = store.rows(RL_UPDATES)
+    result, rows = train_on_digits(train_ppo, start, tmp_path / "rl", PPOConfig(**TOY, updates=4, save_every=2),
+                                   tmp_path)
     assert [r["update"] for r in rows] == list(range(1, 5))
     assert not any(r["no_signal"] for r in rows)
     digits_after = first_token_prob(result.checkpoints[-1], "0123456789")
@@ -376,12 +382,9 @@ def test_the_control_arm_trains_on_shuffled_rewards(tmp_path, make_tiny_checkpoi
 
     start = make_tiny_checkpoint(tmp_path / "sft-0", seed=1)
     digits_before = first_token_prob(start, "0123456789")
-    with Store(tmp_path) as store:
-        real = train_ppo(start, tmp_path / "rl", PPOConfig(**TOY, updates=4, save_every=4), store=store,
-                         task=DigitTask(), show_progress=False)
-        control = train_ppo(start, tmp_path / "control", PPOConfig(**TOY, updates=4, save_every=4, control=True),
-                            store=store, task=DigitTask(), show_progress=False)
-        rows = store.rows(RL_UPDATES)
+    real, _ = train_on_digits(train_ppo, start, tmp_path / "rl", PPOConfig(**TOY, updates=4, save_every=4), tmp_path)
+    control, rows = train_on_digits(train_ppo, start, tmp_path / "control",
+                                    PPOConfig(**TOY, updates=4, save_every=4, control=True), tmp_path)
     assert {r["algo"] for r in rows} == {"ppo", "ppo-control"}
     assert read_manifest(control.checkpoints[-1]).label == "sft-0+ppo-control-4"
     # the control arm logs the true rewards of its rollouts, but learns from rewards no longer tied to answers
