@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from rlheal.cli import app
 from rlheal.evaluate import EVALS
 from rlheal.report.findings import FindingsError
-from rlheal.report.methods import Run, group, mean_losses, variant, versus_plain
+from rlheal.report.methods import Run, group, matched_step, mean_losses, variant, versus_matched, versus_plain
 from rlheal.stats import paired_difference
 from rlheal.store import Store
 from rlheal.train.sft import LOSSES
@@ -51,6 +51,12 @@ def test_ood_at_the_end_is_paired_with_plain_sft_by_seed_and_problem():
     expected = paired_difference([END[("lora", 0)], END[("lora", 1)]], [END[("full", 0)], END[("full", 1)]])
     assert diff == expected and diff.value == pytest.approx(4 / 8)  # 7 of 8 solved against 3 of 8
     assert versus_plain(plain, plain) is None
+    # lora ends at ID loss 2.5; plain SFT's mean losses are 3.5 (step 0) and 1.5 (step 10): on a log scale step 0
+    # is nearer, where plain SFT solves all 8 OOD problems against lora's 7
+    assert matched_step(lora, plain) == 0
+    step, matched = versus_matched(lora, plain)
+    assert step == 0 and matched == paired_difference([END[("lora", 0)], END[("lora", 1)]], [[1] * 4, [1] * 4])
+    assert matched.value == pytest.approx(-1 / 8)
     only_seed_1 = group([_run("lora", 1), _run("full", 0)], "gp24", None)
     assert versus_plain(only_seed_1[1], only_seed_1[0]) is None  # no seed in common: nothing to pair
 
@@ -82,5 +88,6 @@ def test_compare_over_runs_of_several_methods_puts_them_side_by_side(tmp_path):
     # full: ID loss at the end (1+0 + 1+1)/2 = 1.5, OOD end 3/8; lora: 2.5, 7/8, +50 points over full
     assert "| full | 0, 1 | 1.500 | 50.0 % [" in text and "| 37.5 % [" in text
     assert "| lora | 0, 1 | 2.500 |" in text and "| 87.5 % [" in text and "| +50.0 points [" in text
+    assert "| -12.5 points [" in text and "] (0) |" in text  # against plain SFT at matched ID loss: its step 0
     assert (tmp_path / "figs" / "sft-methods-gp24.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](figs/sft-methods-gp24.png)" in text

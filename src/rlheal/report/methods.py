@@ -122,6 +122,25 @@ def versus_plain(v: Variant, plain: Variant) -> Estimate | None:
     return paired_difference(v.end_ood_of(shared), plain.end_ood_of(shared))
 
 
+def matched_step(v: Variant, plain: Variant) -> int | None:
+    """The plain SFT step whose mean ID test loss is nearest the variant's at its end (on a log scale): where
+    plain SFT had learned the ID targets as far as the variant did."""
+    end = v.id_loss.get(v.curve.end_step)
+    steps = [s for s in plain.id_loss if s in plain.curve.ood]
+    if end is None or end <= 0 or not steps:
+        return None
+    return min(steps, key=lambda s: abs(math.log(plain.id_loss[s] / end)))
+
+
+def versus_matched(v: Variant, plain: Variant) -> tuple[int, Estimate] | None:
+    """OOD success at the variant's end minus plain SFT's at `matched_step`, paired by seed and problem."""
+    step, shared = matched_step(v, plain), [s for s in v.seeds if s in plain.seeds]
+    if step is None or not shared or v is plain:
+        return None
+    matched = plain.curve.ood[step].table([plain.seeds.index(s) for s in shared])
+    return step, paired_difference(v.end_ood_of(shared), matched)
+
+
 def _cell(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
@@ -129,16 +148,18 @@ def _cell(value: float | None, fmt: str) -> str:
 def variant_table(variants: Sequence[Variant]) -> list[str]:
     plain = next((v for v in variants if v.name == PLAIN), None)
     lines = ["| SFT variant | seeds | ID test loss at end | ID success at end | OOD peak (step) | OOD at end | "
-             f"OOD at end minus {PLAIN} (points) | top-k angle to base (°) | mean abs(Δσ)/σ % |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"OOD at end minus {PLAIN}'s end (points) | minus {PLAIN} at matched ID loss (its step) | "
+             "top-k angle to base (°) | mean abs(Δσ)/σ % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         c = v.curve
         end_id = c.id.get(c.end_step)
         diff = versus_plain(v, plain) if plain else None
+        matched = versus_matched(v, plain) if plain else None
         lines.append(f"| {v.name} | {', '.join(map(str, v.seeds))} | {_cell(v.id_loss.get(c.end_step), '.3f')} | "
                      f"{rate(end_id.rate) if end_id else '–'} | {rate(c.peak.rate)} ({c.peak_step}) | {rate(c.end.rate)} | "
-                     f"{points(diff) if diff else '–'} | {_cell(v.angle, '.2f')} | "
-                     f"{_cell(None if v.drift is None else 100 * v.drift, '.2f')} |")
+                     f"{points(diff) if diff else '–'} | {f'{points(matched[1])} ({matched[0]})' if matched else '–'} | "
+                     f"{_cell(v.angle, '.2f')} | {_cell(None if v.drift is None else 100 * v.drift, '.2f')} |")
     return lines
 
 
