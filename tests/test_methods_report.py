@@ -57,6 +57,8 @@ def test_ood_at_the_end_is_paired_with_plain_sft_by_seed_and_problem():
     step, matched = versus_matched(lora, plain)
     assert step == 0 and matched == paired_difference([END[("lora", 0)], END[("lora", 1)]], [[1] * 4, [1] * 4])
     assert matched.value == pytest.approx(-1 / 8)
+    # at its step 0 (loss 3.5, plain's too) lora is compared with plain SFT's step 0: both solve everything
+    assert versus_matched(lora, plain, 0)[0] == 0 and versus_matched(lora, plain, 0)[1].value == 0.0
     only_seed_1 = group([_run("lora", 1), _run("full", 0)], "gp24", None)
     assert versus_plain(only_seed_1[1], only_seed_1[0]) is None  # no seed in common: nothing to pair
 
@@ -89,5 +91,6 @@ def test_compare_over_runs_of_several_methods_puts_them_side_by_side(tmp_path):
     assert "| full | 0, 1 | 1.500 | 50.0 % [" in text and "| 37.5 % [" in text
     assert "| lora | 0, 1 | 2.500 |" in text and "| 87.5 % [" in text and "| +50.0 points [" in text
     assert "| -12.5 points [" in text and "] (0) |" in text  # against plain SFT at matched ID loss: its step 0
+    assert "| lora | 10 | 2.500 | 87.5 % [" in text  # the trade-off table, step by step
     assert (tmp_path / "figs" / "sft-methods-gp24.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](figs/sft-methods-gp24.png)" in text
