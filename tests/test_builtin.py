@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlheal.models.builtin import TINY_RECIPE, BuiltinRecipe, ModelSpec, base_folder, builtin_base
-from rlheal.models.checkpoint import MANIFEST, CheckpointError, load_model, weights_sha256
+from rlheal.models.checkpoint import MANIFEST, CheckpointError, load_model, read_manifest, weights_sha256
 from rlheal.models.tokenizer import CHARACTERS, SPECIAL_TOKENS, char_tokenizer
 
 
@@ -163,18 +163,28 @@ def test_builtin_model_names_resolve_to_recipes(tmp_path, monkeypatch):
         resolve_model("builtin:huge", progress=False)
 
 
-def test_the_default_study_starts_from_the_shipped_base_pinned_by_sha256(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["builtin:det", "builtin:gp24"])
+def test_the_shipped_bases_are_used_as_they_are_and_match_their_pins(tmp_path, name):
     import hashlib
+
+    from rlheal.models import builtin
+
+    recipe = builtin.RECIPES[name]
+    folder = builtin.builtin_base(recipe, progress=False, cache=tmp_path / "empty-cache")
+    assert folder.parent == builtin.SHIPPED and not (tmp_path / "empty-cache").exists()  # nothing was built
+    pinned = builtin.SHIPPED_SHA256[recipe.hash()]
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == pinned
+    assert (folder / "model.safetensors").stat().st_size <= 5 * 2**20
+    assert builtin.matches_shipped(recipe, folder) is True
+    assert read_manifest(folder).config_hash == recipe.hash()
+
+
+def test_an_altered_or_missing_shipped_base_is_refused(tmp_path, monkeypatch):
     import shutil
 
     from rlheal.models import builtin
 
     folder = builtin.builtin_base(builtin.DET_RECIPE, progress=False, cache=tmp_path / "empty-cache")
-    assert folder.parent == builtin.SHIPPED and not (tmp_path / "empty-cache").exists()  # nothing was built
-    pinned = builtin.SHIPPED_SHA256[builtin.DET_RECIPE.hash()]
-    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == pinned
-    assert (folder / "model.safetensors").stat().st_size <= 5 * 2**20
-    assert builtin.matches_shipped(builtin.DET_RECIPE, folder) is True
     assert builtin.matches_shipped(TINY_RECIPE, folder) is None  # no tiny base is shipped
     # an altered shipped base is refused, never used
     altered = tmp_path / "shipped"

@@ -1,9 +1,9 @@
 """The built-in base model: a small Llama that rlheal pretrains itself on the pretraining world.
 
 A recipe (model shape, world spec, pretraining hyperparameters, seed) fully determines how a base is built: on
-CPU with seeded torch and a deterministic data order. The default study's base ships with rlheal as package
-data (`models/bases/base-<recipe hash>/`), its weights pinned by sha256, so every machine starts from the same
-bits; other recipes are built on first use and stored at `$RLHEAL_CACHE/base-<recipe hash>/` (default cache
+CPU with seeded torch and a deterministic data order. The det and gp24 bases ship with rlheal as package
+data (`models/bases/base-<recipe hash>/`), their weights pinned by sha256, so every machine starts from the same
+bits; other recipes (tiny) are built on first use and stored at `$RLHEAL_CACHE/base-<recipe hash>/` (default cache
 `~/.cache/rlheal`). Either is an ordinary Hugging Face checkpoint folder with an rlheal manifest (stage "base"). The folder is written atomically, so a killed build leaves
 nothing behind and the next call rebuilds it. Pretraining is not resumable: the default recipe takes a few
 minutes (see docs/BENCHMARKS.md), so a killed build simply starts again.
@@ -86,7 +86,8 @@ DEFAULT_RECIPE = RECIPES[DEFAULT_MODEL]
 # The bases rlheal ships, one folder per recipe hash, and the sha256 of their weights: every machine starts the
 # built-in study from these bits, whatever its CPU kind (a rebuild there may differ in the last bits).
 SHIPPED = Path(__file__).parent / "bases"
-SHIPPED_SHA256 = {DET_RECIPE.hash(): "e65c8f3e562bf02ee90f6d07eaa2bb8b0ea2efbfc53292c0b6ef8d2c9206f544"}
+SHIPPED_SHA256 = {DET_RECIPE.hash(): "e65c8f3e562bf02ee90f6d07eaa2bb8b0ea2efbfc53292c0b6ef8d2c9206f544",
+                  GP24_RECIPE.hash(): "c2e0a3c82c0dd6a253f2e584ad5163fe3a32d06a953a28a92f6d053e4c8ad0bc"}
 
 
 def matches_shipped(recipe: BuiltinRecipe, folder: Path) -> bool | None:
