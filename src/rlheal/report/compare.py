@@ -108,9 +108,9 @@ def spectral_table(layers: dict[int, tuple[float, float, int]], k_label: str) ->
 def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | None = None,
                      figures: str | Path | None = None, links_from: str | Path = ".") -> str:
     """The findings of several run folders (seeds of one config) as Markdown; run folders of several SFT methods
-    (`sft.method` and its settings) give the methods side by side instead (`rlheal.report.methods`). With `figures`, also writes
-    `figures/findings-<task>.png` per task (`seed_figures.findings_figure`) and links it, relative to the
-    folder `links_from` (where the Markdown will live). Raises StoreError for a folder without a store,
+    (`sft.method` and its settings) give the methods side by side instead (`rlheal.report.methods`). With
+    `figures`, also writes `figures/findings-<task>.png` per task (`seed_figures.findings_figure`) and links it,
+    relative to the folder `links_from` (where the Markdown will live). Raises StoreError for a folder without a store,
     FindingsError when the runs cannot be paired (different eval sets, no per-problem outcomes)."""
     from rlheal.evaluate import EVALS
     from rlheal.report.methods import methods_markdown, variants_of
@@ -118,9 +118,7 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
     from rlheal.spectral.metrics import SPECTRAL
 
     if len(variants_of(run_folders)) > 1:  # runs of several SFT methods: those side by side, task by task
-        names = tasks or sorted({r["task"] for r in _evals(run_folders[0]) if r["stage"] == "sft"})
-        return "\n".join(methods_markdown(run_folders, task, _figure_path(figures, f"sft-methods-{task}.png"),
-                                           Path(links_from)) for task in names)
+        return methods_markdown(run_folders, tasks, Path(figures) if figures is not None else None, Path(links_from))
     runs, aligned = [], []
     for folder in run_folders:
         if not (Path(folder) / "results.sqlite").exists():
@@ -148,17 +146,6 @@ def compare_markdown(run_folders: Sequence[str | Path], tasks: Sequence[str] | N
     return "\n".join(out).rstrip() + "\n"
 
 
-def _evals(folder: str | Path) -> list[Row]:
-    from rlheal.evaluate import EVALS
-
-    with Store(folder, readonly=True) as store:
-        return store.rows(EVALS)
-
-
-def _figure_path(folder: str | Path | None, name: str) -> Path | None:
-    return None if folder is None else Path(folder) / plain_name(name, "a figure named after a task of the store")
-
-
 def direction_table(found: Sequence[Direction]) -> list[str]:
     """Where each RL arm moved the weights, relative to the way back to the OOD peak (mean over runs)."""
     if not found:
@@ -177,6 +164,6 @@ def _write_figure(f: Findings, c: SftCurve, layers: dict[int, tuple[float, float
     from rlheal.report.figures import to_png
     from rlheal.report.seed_figures import findings_figure
 
-    path = _figure_path(folder, f"findings-{c.task}.png")
+    path = folder / plain_name(f"findings-{c.task}.png", "a figure named after a task of the store")
     write_bytes(path, to_png(findings_figure(f, c, layers, k_label)))
     return f"![{c.task}: the four findings over {f.runs} run(s)]({Path(os.path.relpath(path, links_from)).as_posix()})"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlheal.report.compare import layer_spectra
 from rlheal.report.findings import FindingsError, SftCurve, compute
 from rlheal.report.text import points, rate
 from rlheal.stats import Estimate, paired_difference
@@ -62,12 +63,8 @@ class Variant:
     seeds: list[int]
     curve: SftCurve
     id_loss: dict[int, float]
-    ood_loss: dict[int, float]
     drift: float | None  # mean |Δσ|/σ of the last SFT checkpoint against the base
     angle: float | None  # mean top-k left principal angle (degrees), same pair
-
-    def end_ood_of(self, seeds: Sequence[int]) -> list[list[float]]:
-        return self.curve.end.table([self.seeds.index(s) for s in seeds])
 
 
 def mean_losses(runs: Sequence[Run], split: str) -> dict[int, float]:
@@ -81,20 +78,13 @@ def mean_losses(runs: Sequence[Run], split: str) -> dict[int, float]:
 
 
 def end_spectra(runs: Sequence[Run], k_label: str | None) -> tuple[float | None, float | None]:
-    """Mean |Δσ|/σ and mean top-k left angle (degrees) of each run's last SFT checkpoint against its step 0."""
-    drifts, angles = [], []
-    for run in runs:
-        sft = sorted((r["step"], r["checkpoint"]) for r in run.evals if r["stage"] == "sft")
-        if not sft:
-            continue
-        pair = (sft[0][1], sft[-1][1], k_label)
-        for r in run.spectral:
-            if (r["reference"], r["target"], r["k_label"]) == pair:
-                drifts.append(r["mean_abs_rel_sigma_drift"])
-                angles.append(math.degrees(r["top_left_mean"]))
-    if not drifts:
+    """Mean |Δσ|/σ and mean top-k left angle (degrees) over every matrix of each run's last SFT checkpoint
+    against its step 0 (`compare.layer_spectra`, pooled over layers)."""
+    layers = layer_spectra([(run.evals, run.spectral) for run in runs], k_label) if k_label else {}
+    matrices = sum(n for _, _, n in layers.values())
+    if not matrices:
         return None, None
-    return sum(drifts) / len(drifts), sum(angles) / len(angles)
+    return (sum(d * n for d, _, n in layers.values()) / matrices, sum(a * n for _, a, n in layers.values()) / matrices)
 
 
 def group(runs: Sequence[Run], task: str, k_label: str | None) -> list[Variant]:
@@ -110,16 +100,23 @@ def group(runs: Sequence[Run], task: str, k_label: str | None) -> list[Variant]:
         if curve is None:
             raise FindingsError(f"the runs of SFT variant {name!r} hold no {task} SFT evaluations")
         drift, angle = end_spectra(mine, k_label)
-        variants.append(Variant(name, seeds, curve, mean_losses(mine, "id"), mean_losses(mine, "ood"), drift, angle))
+        variants.append(Variant(name, seeds, curve, mean_losses(mine, "id"), drift, angle))
     return variants
+
+
+def _paired_ood(v: Variant, step: int, plain: Variant, plain_step: int) -> Estimate | None:
+    """OOD success of `v` at `step` minus plain SFT's at `plain_step`, paired by seed and problem; None for plain
+    SFT itself or without a shared seed."""
+    shared = [s for s in v.seeds if s in plain.seeds]
+    if not shared or v is plain or step not in v.curve.ood:
+        return None
+    return paired_difference(v.curve.ood[step].table([v.seeds.index(s) for s in shared]),
+                             plain.curve.ood[plain_step].table([plain.seeds.index(s) for s in shared]))
 
 
 def versus_plain(v: Variant, plain: Variant) -> Estimate | None:
     """OOD success at the end of SFT, variant minus plain, paired by seed and problem (None without shared seeds)."""
-    shared = [s for s in v.seeds if s in plain.seeds]
-    if not shared or v is plain:
-        return None
-    return paired_difference(v.end_ood_of(shared), plain.end_ood_of(shared))
+    return _paired_ood(v, v.curve.end_step, plain, plain.curve.end_step)
 
 
 def matched_step(v: Variant, plain: Variant, step: int | None = None) -> int | None:
@@ -136,12 +133,9 @@ def versus_matched(v: Variant, plain: Variant, step: int | None = None) -> tuple
     """OOD success of the variant at `step` (default: its end) minus plain SFT's at `matched_step`, paired by
     seed and problem; None for plain SFT itself or without a shared seed."""
     step = v.curve.end_step if step is None else step
-    matched, shared = matched_step(v, plain, step), [s for s in v.seeds if s in plain.seeds]
-    if matched is None or not shared or v is plain or step not in v.curve.ood:
-        return None
-    mine = v.curve.ood[step].table([v.seeds.index(s) for s in shared])
-    theirs = plain.curve.ood[matched].table([plain.seeds.index(s) for s in shared])
-    return matched, paired_difference(mine, theirs)
+    matched = matched_step(v, plain, step)
+    found = None if matched is None else _paired_ood(v, step, plain, matched)
+    return None if found is None else (matched, found)
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -213,6 +207,11 @@ def tradeoff_figure(variants: Sequence[Variant], task: str):
     return fig
 
 
+def _study_config(folder: Path) -> dict[str, Any] | None:
+    study = folder / "study.json"
+    return json.loads(study.read_text(encoding="utf-8"))["config"] if study.exists() else None
+
+
 def read_run(folder: str | Path) -> Run:
     """A study run folder's rows and its SFT variant and seed (from `study.json`)."""
     from rlheal.evaluate import EVALS
@@ -221,10 +220,9 @@ def read_run(folder: str | Path) -> Run:
     from rlheal.train.sft import LOSSES
 
     folder = Path(folder)
-    study = folder / "study.json"
-    if not study.exists():
+    config = _study_config(folder)
+    if config is None:
         raise StoreError(f"{folder} has no study.json: comparing SFT methods needs run folders of `rlheal study`")
-    config = json.loads(study.read_text(encoding="utf-8"))["config"]
     with Store(folder, readonly=True) as store:
         return Run(variant(config.get("sft", {})), int(config.get("seed", 0)), store.rows(EVALS), store.rows(LOSSES),
                    store.rows(SPECTRAL))
@@ -232,37 +230,37 @@ def read_run(folder: str | Path) -> Run:
 
 def variants_of(folders: Sequence[str | Path]) -> set[str]:
     """The SFT variants the run folders used (cheap: study.json only; folders without one count as none)."""
-    found = set()
-    for folder in folders:
-        study = Path(folder) / "study.json"
-        if study.exists():
-            found.add(variant(json.loads(study.read_text(encoding="utf-8"))["config"].get("sft", {})))
-    return found
+    configs = (_study_config(Path(folder)) for folder in folders)
+    return {variant(config.get("sft", {})) for config in configs if config is not None}
 
 
-def methods_markdown(folders: Sequence[str | Path], task: str, figure: Path | None = None,
-                     links_from: Path = Path(".")) -> str:
-    """The SFT variants of `folders` side by side on `task` as Markdown; with `figure`, also the trade-off PNG
-    written there and linked relative to `links_from`."""
+def methods_markdown(folders: Sequence[str | Path], tasks: Sequence[str] | None = None,
+                     figures: Path | None = None, links_from: Path = Path(".")) -> str:
+    """The SFT variants of `folders` side by side, per task (default: every task the first run's SFT evaluated),
+    as Markdown; with `figures`, also each task's trade-off PNG `sft-methods-<task>.png` written there and
+    linked relative to `links_from`."""
     import os
 
     from rlheal.atomic import write_bytes
+    from rlheal.paths import plain_name
     from rlheal.report.figures import to_png
 
     runs = [read_run(f) for f in folders]
     k_labels = sorted({r["k_label"] for run in runs for r in run.spectral})
-    variants = group(runs, task, k_labels[0] if k_labels else None)
-    out = [f"Runs: {', '.join(str(f) for f in folders)}", "",
-           f"## {task}: SFT methods side by side", "",
-           "Intervals: 95 %, two-way bootstrap over seeds and problems; differences paired by seed and problem. "
-           "OOD peak chosen on the selection half of the problems; angles and σ drift of the last SFT checkpoint "
-           f"against the base ({k_labels[0] if k_labels else 'no spectra'}).", "",
-           *variant_table(variants), ""]
-    if figure is not None:
-        write_bytes(figure, to_png(tradeoff_figure(variants, task)))
-        out += [f"![{task}: OOD success against ID test loss, by SFT method]"
-                f"({Path(os.path.relpath(figure, links_from)).as_posix()})", ""]
-    out += ["OOD success and ID test loss at every SFT checkpoint (mean over seeds), and against plain SFT where "
-            "it had learned the ID targets as far:", "", *tradeoff_table(variants)]
+    k_label = k_labels[0] if k_labels else None
+    out = [f"Runs: {', '.join(str(f) for f in folders)}", ""]
+    for task in tasks or sorted({r["task"] for r in runs[0].evals if r["stage"] == "sft"}):
+        variants = group(runs, task, k_label)
+        out += [f"## {task}: SFT methods side by side", "",
+                "Intervals: 95 %, two-way bootstrap over seeds and problems; differences paired by seed and problem. "
+                "OOD peak chosen on the selection half of the problems; angles and σ drift of the last SFT checkpoint "
+                f"against the base ({k_label or 'no spectra'}).", "",
+                *variant_table(variants), ""]
+        if figures is not None:
+            figure = Path(figures) / plain_name(f"sft-methods-{task}.png", "a figure named after a task of the store")
+            write_bytes(figure, to_png(tradeoff_figure(variants, task)))
+            out += [f"![{task}: OOD success against ID test loss, by SFT method]"
+                    f"({Path(os.path.relpath(figure, links_from)).as_posix()})", ""]
+        out += ["OOD success and ID test loss at every SFT checkpoint (mean over seeds), and against plain SFT where "
+                "it had learned the ID targets as far:", "", *tradeoff_table(variants), ""]
     return "\n".join(out).rstrip() + "\n"
-
