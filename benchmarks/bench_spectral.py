@@ -102,8 +102,14 @@ def naive_main(argv: list[str]) -> None:
 
 
 def _read_rows(path: Path) -> dict[tuple[str, str, str], dict[str, float]]:
+    """Metric rows by (target, tensor, k label), angles in radians (`rlheal spectrum --out` writes them in
+    degrees, as `<column>_deg`)."""
+
+    def value(row: dict[str, str], column: str) -> float:
+        return float(row[column]) if column in row else math.radians(float(row[f"{column}_deg"]))
+
     with open(path) as fh:
-        return {(r["target"], r["tensor"], r["k_label"]): {c: float(r[c]) for c in NAIVE_COLUMNS}
+        return {(r["target"], r["tensor"], r["k_label"]): {c: value(r, c) for c in NAIVE_COLUMNS}
                 for r in csv.DictReader(fh)}
 
 

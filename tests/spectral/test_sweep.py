@@ -218,3 +218,22 @@ def test_non_finite_target_is_named(ckpts, poked):
     bad = poked(ckpts["sft"], "model.layers.1.mlp.up_proj.weight", float("inf"), (3, 2))
     with pytest.raises(WeightsError, match=r"sft-poked: tensor model\.layers\.1\.mlp\.up_proj\.weight has 1 non-finite"):
         run_spectrum([(ckpts["base"], bad)], device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_runs_both_ways_and_ours_matches_float64_svd(tmp_path):
+    """benchmarks/bench_spectral.py end to end on tiny shapes: both processes run and read back (angles from
+    `rlheal spectrum --out` come in degrees), ours agrees with float64 SVD, float32 SVDs only loosely."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[2] / "benchmarks" / "bench_spectral.py"
+    done = subprocess.run([sys.executable, str(script), "--targets", "2", "--repeats", "1", "--hidden", "64",
+                           "--layers", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["model"] == {"hidden": 64, "intermediate": 171, "kv": 21, "layers": 1}
+    assert len(report["wall_s"]["ours"]) == len(report["cpu_s"]["naive"]) == 1
+    errors = report["worst_abs_error_vs_svd64"]
+    assert errors["ours"]["angle"] < 1e-10 and errors["ours"]["drift"] < 1e-10
+    assert 1e-9 < errors["naive"]["angle"] < 1e-2  # float32: visibly less exact, still the same metric
