@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,19 +41,21 @@ def worker(stage: str, out: str, processes: int, size: int) -> None:
 
 
 def timed(stage: str, processes: int, size: int) -> float:
+    from rlheal.distributed import free_port
+
     with tempfile.TemporaryDirectory() as out:
         args = [__file__, "--worker", stage, "--out", out, "--processes", str(processes), "--size", str(size)]
         if processes > 1:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                        str(processes), "--num_machines", "1", "--main_process_port", str(port),
                        "--mixed_precision", "no", "--dynamo_backend", "no", *args]
         else:
             command = [sys.executable, *args]
         began = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{stage} on {processes} process(es) failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         return time.perf_counter() - began
 
 

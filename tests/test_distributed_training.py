@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from rlheal.distributed import free_port
+
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
     [str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -22,21 +22,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
 # differences of the all-reduced gradients into weight differences of ~1e-4 (they move by ~0.07); rows agree to
 # 1e-4 relative (the second update already starts from weights that differ by that rounding)
 SFT_ATOL, RL_ATOL, ROW_RTOL = 1e-6, 5e-4, 1e-4
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range, which the kernel never hands out by itself: the gloo
-    connections of other launches, which take ephemeral ports, cannot take it between this choice and the
-    launcher's bind."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    while True:
-        port = random.randrange(20000, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def accelerate(*args: str, processes: int = 2, machines: int = 1, rank: int = 0, port: int) -> list[str]:
@@ -216,6 +201,31 @@ def test_rl_on_two_processes_equals_one(tmp_path, make_tiny_checkpoint, algo):
     one, two = table(tmp_path / "one", "rl_updates", drop), table(tmp_path / "two", "rl_updates", drop)
     assert [r["n_episodes"] for r in two] == ([8, 8] if algo == "ppo" else [32, 32])
     assert_same_rows(one, two)
+
+
+LEAVE_WORKER = """
+import atexit, os
+import torch.distributed as dist
+def say(line):  # one write per line: the two processes share the launcher's pipe
+    os.write(1, (line + "\\n").encode())
+atexit.register(lambda: say(f"group alive at exit: {dist.is_initialized()}"))  # runs after rlheal's
+from rlheal.distributed import ensure_process_group
+rank, world = ensure_process_group()
+say(f"joined {rank} {world}")
+"""
+
+
+@pytest.mark.slow
+def test_a_launched_process_leaves_its_group_before_the_interpreter_exits(tmp_path):
+    """Left to interpreter finalisation, gloo's threads sometimes abort a finished process (SIGABRT), and the
+    launcher reports a failure; rlheal destroys the group at exit (atexit handlers run last-registered first,
+    so the worker's own handler, registered before, sees the group gone)."""
+    worker = tmp_path / "leave.py"
+    worker.write_text(LEAVE_WORKER)
+    done = launch(str(worker), cwd=tmp_path)
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("joined")) == ["joined 0 2",
+                                                                                               "joined 1 2"]
+    assert done.stdout.count("group alive at exit: False") == 2 and "alive at exit: True" not in done.stdout
 
 
 @pytest.mark.slow

@@ -35,6 +35,26 @@ class LaunchError(RuntimeError):
     """A launch that cannot run as asked on this machine; the message says what to launch instead."""
 
 
+def free_port(low: int = 20000) -> int:
+    """A free TCP port on 127.0.0.1 for a local launch's `--main_process_port`, chosen below the kernel's
+    ephemeral range (which the kernel never hands out by itself): the gloo connections of other launches,
+    which take ephemeral ports, cannot take it between this choice and the launcher's bind. Another process
+    choosing ports the same way still can; retry a launch that fails with EADDRINUSE."""
+    import random
+    import socket
+
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    high = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    while True:
+        port = random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def ensure_process_group() -> tuple[int, int]:
     """(rank, world size); when WORLD_SIZE > 1 and no group exists yet, sets up Accelerate's process state from
     the launcher's environment: nccl on CUDA; without a GPU gloo and Accelerate's MULTI_CPU, which Accelerate
@@ -45,8 +65,10 @@ def ensure_process_group() -> tuple[int, int]:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        _leave_at_exit()
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_at_exit()
         from accelerate import PartialState
 
         if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
@@ -58,6 +80,26 @@ def ensure_process_group() -> tuple[int, int]:
         state = PartialState(cpu=not torch.cuda.is_available(), timeout=collective_timeout())
         return state.process_index, state.num_processes
     return 0, 1
+
+
+_LEAVING: list[bool] = []  # whether `_leave_at_exit` registered its handler in this process
+
+
+def _leave_at_exit() -> None:
+    """Destroy the process group when the interpreter exits normally, while it is still whole: left to
+    interpreter finalisation, gloo's worker threads can abort the process (SIGABRT, "terminate called without
+    an active exception") after its work is done and saved, and the launcher then reports a failure."""
+    import atexit
+
+    import torch.distributed as dist
+
+    def leave() -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    if not _LEAVING:
+        atexit.register(leave)
+        _LEAVING.append(True)
 
 
 def collective_timeout() -> Any:

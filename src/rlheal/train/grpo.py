@@ -237,6 +237,6 @@ def _no_signal(advantages: Sequence[float]) -> bool:
 
 
 def _num_processes() -> int:
-    from accelerate import PartialState
+    from rlheal.distributed import ensure_process_group
 
-    return PartialState().num_processes
+    return ensure_process_group()[1]

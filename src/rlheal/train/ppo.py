@@ -454,7 +454,7 @@ def train_ppo(
     from accelerate.utils import gather_object
     from rich.console import Console
 
-    from rlheal.distributed import shard
+    from rlheal.distributed import ensure_process_group, shard
     from rlheal.engine import model_backend
     from rlheal.models.checkpoint import Manifest, check_checkpoint, load_model, read_manifest, save_model
     from rlheal.progress import bar
@@ -490,6 +490,7 @@ def train_ppo(
         return RLResult(rl_checkpoints(out), [])
     kl_coef = config.kl_coef if resume is None else float(read_manifest(resume).extra.get("kl_coef", config.kl_coef))
 
+    ensure_process_group()  # a launched run's group, left cleanly at exit
     accelerator = Accelerator()
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(resume or start)

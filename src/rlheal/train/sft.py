@@ -436,11 +436,9 @@ def run_sft(cfg: SFTConfig, out: str | Path, store: Store, progress: bool = True
 def _main_process_view(todo: list[int]) -> list[int]:
     """The steps still to do as the main process sees them, on every process (under a launcher the main
     process may already be writing rows while another reads the store)."""
-    from accelerate import PartialState
+    from rlheal.distributed import ensure_process_group, gather_json
 
-    from rlheal.distributed import gather_json
-
-    PartialState()  # sets up the process group of a launched run
+    ensure_process_group()  # sets up the process group of a launched run
     return list(gather_json(todo)[0])
 
 
