@@ -164,6 +164,58 @@ def test_greedy_episodes_equal_hf_generate(tiny_model, echo_task, slots):
     assert sum(pe.episode.n_attempts for pe in engine) > len(problems)  # feedback turns were played
 
 
+ARCHITECTURES = {  # config class, model class, settings beyond the tiny shared ones (None: leave the field out)
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),  # biased q/k/v projections
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 8}),  # q/k norms
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  {"head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),  # fused qkv
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"num_key_value_heads": None}),  # partial rotary
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"num_key_value_heads": None, "n_embd": 32, "n_layer": 2,
+                                               "n_head": 4}),  # learned positions
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_greedy_episodes_equal_hf_generate_across_architectures(architecture, tiny_tokenizer, echo_task):
+    """The engine drives any causal LM whose attention layers call `cache.update` and take a 4-D mask: the
+    same revision episodes as `HFBackend` on tiny random models of several families."""
+    import transformers
+
+    config_name, model_name, settings = ARCHITECTURES[architecture]
+    tokenizer = tiny_tokenizer
+    options = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id, "tie_word_embeddings": False, **settings}
+    config = getattr(transformers, config_name)(**{k: v for k, v in options.items() if v is not None},
+                                                attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(config).eval()
+    problems = echo_task.problems("ood", 0, 7)
+    decoding = Decoding(max_new_tokens=9)
+    engine = play(echo_task, problems, EngineBackend(model, tokenizer, batch_size=3), decoding=decoding)
+    reference = play(echo_task, problems, HFBackend(model, tokenizer, batch_size=4), decoding=decoding)
+    assert same_episodes(engine, reference)
+    assert sum(pe.episode.n_attempts for pe in engine) > len(problems)
+
+
+def test_sliding_window_models_are_refused_with_the_way_out(tiny_tokenizer):
+    import transformers
+
+    tokenizer = tiny_tokenizer
+    config = transformers.Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       head_dim=8, pad_token_id=tokenizer.pad_token_id, attn_implementation="eager")
+    model = transformers.Gemma2ForCausalLM(config).eval()
+    with pytest.raises(RolloutError, match="full_attention, sliding_attention layers; the episode engine drives "
+                                           "full-attention layers only: evaluate with --backend hf"):
+        EngineBackend(model, tokenizer)
+
+
 @pytest.mark.slow
 def test_each_token_of_an_episodes_final_chat_is_fed_once(echo_task):
     """The KV slot is kept across attempts: a revision feeds only what its chat adds (the last sampled token,
