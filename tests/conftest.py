@@ -50,6 +50,14 @@ def make_tiny_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     return tokenizer
 
 
+def tiny_model_options(tokenizer) -> dict:
+    """The config fields of the tests' tiny decoders (2 layers, hidden 32, 4 heads, 2 KV heads) for `tokenizer`."""
+    return dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+
+
 def make_tiny_checkpoint(folder, *, seed: int = 0, stage: str = "sft", step: int = 0, tokenizer=None,
                          **config_overrides) -> Path:
     """Save a random tiny Llama + tokenizer + manifest to `folder` (which must not exist); returns it."""
@@ -59,22 +67,8 @@ def make_tiny_checkpoint(folder, *, seed: int = 0, stage: str = "sft", step: int
     from rlheal.models.checkpoint import Manifest, save_model
 
     tokenizer = tokenizer if tokenizer is not None else make_tiny_tokenizer()
-    options = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    options.update(config_overrides)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**options)).eval()
+    model = LlamaForCausalLM(LlamaConfig(**{**tiny_model_options(tokenizer), **config_overrides})).eval()
     return save_model(model, tokenizer, folder, Manifest(stage=stage, step=step, seed=seed))
 
 

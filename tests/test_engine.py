@@ -184,13 +184,11 @@ def test_greedy_episodes_equal_hf_generate_across_architectures(architecture, ti
     """The engine drives any causal LM whose attention layers call `cache.update` and take a 4-D mask: the
     same revision episodes as `HFBackend` on tiny random models of several families."""
     import transformers
+    from conftest import tiny_model_options
 
     config_name, model_name, settings = ARCHITECTURES[architecture]
     tokenizer = tiny_tokenizer
-    options = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
-               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id, "tie_word_embeddings": False, **settings}
+    options = {**tiny_model_options(tokenizer), **settings}
     config = getattr(transformers, config_name)(**{k: v for k, v in options.items() if v is not None},
                                                 attn_implementation="sdpa")
     torch.manual_seed(0)
@@ -205,11 +203,10 @@ def test_greedy_episodes_equal_hf_generate_across_architectures(architecture, ti
 
 def test_sliding_window_models_are_refused_with_the_way_out(tiny_tokenizer):
     import transformers
+    from conftest import tiny_model_options
 
     tokenizer = tiny_tokenizer
-    config = transformers.Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       head_dim=8, pad_token_id=tokenizer.pad_token_id, attn_implementation="eager")
+    config = transformers.Gemma2Config(**tiny_model_options(tokenizer), head_dim=8, attn_implementation="eager")
     model = transformers.Gemma2ForCausalLM(config).eval()
     with pytest.raises(RolloutError, match="full_attention, sliding_attention layers; the episode engine drives "
                                            "full-attention layers only: evaluate with --backend hf"):

@@ -12,6 +12,7 @@ A single process (no process group, WORLD_SIZE unset or 1) runs everything itsel
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import defaultdict, deque
@@ -82,13 +83,12 @@ def ensure_process_group() -> tuple[int, int]:
     return 0, 1
 
 
-_LEAVING: list[bool] = []  # whether `_leave_at_exit` registered its handler in this process
-
-
+@functools.cache
 def _leave_at_exit() -> None:
     """Destroy the process group when the interpreter exits normally, while it is still whole: left to
     interpreter finalisation, gloo's worker threads can abort the process (SIGABRT, "terminate called without
-    an active exception") after its work is done and saved, and the launcher then reports a failure."""
+    an active exception") after its work is done and saved, and the launcher then reports a failure. Registers
+    its handler once per process (cached)."""
     import atexit
 
     import torch.distributed as dist
@@ -97,9 +97,7 @@ def _leave_at_exit() -> None:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
-    if not _LEAVING:
-        atexit.register(leave)
-        _LEAVING.append(True)
+    atexit.register(leave)
 
 
 def collective_timeout() -> Any:
